@@ -1,0 +1,74 @@
+"""Read a prepared dataset (data/<name>/{train,val}.bin + meta.json) and draw training batches.
+
+A batch is a pure function of (seed, split, step, micro-batch index): the random offsets come from a
+generator seeded with exactly those numbers. So the data position of a run is just its step (resume
+is exact without storing loader state), and a micro-batch is the same whichever process draws it
+(2 processes with 1 micro-batch each see what 1 process with 2 micro-batches sees).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLITS = ("train", "val")
+
+
+class DataError(ValueError):
+    """A missing or inconsistent dataset; the message says how to fix it."""
+
+
+def load_meta(folder: Path) -> dict:
+    path = folder / "meta.json"
+    if not path.is_file():
+        raise DataError(f"dataset {folder.name!r} is not prepared ({path} is missing); run: "
+                        f"python data/prepare.py {folder.name}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON ({e}); prepare the dataset again: "
+                        f"python data/prepare.py {folder.name}") from None
+
+
+def open_split(folder: Path, split: str, meta: dict) -> np.ndarray:
+    """Memory-map one split, refusing a file that disagrees with meta.json."""
+    path = folder / f"{split}.bin"
+    redo = f"prepare it again: python data/prepare.py {folder.name}"
+    if not path.is_file():
+        raise DataError(f"{path} is missing; {redo}")
+    dtype = np.dtype(meta.get("dtype", "uint16"))
+    expected = meta.get(f"{split}_tokens")
+    if path.stat().st_size % dtype.itemsize:
+        raise DataError(f"{path} has {path.stat().st_size} bytes, not a whole number of {dtype} tokens; {redo}")
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    if expected is not None and len(tokens) != expected:
+        raise DataError(f"{path} holds {len(tokens)} tokens but meta.json says {expected}; {redo}")
+    return tokens
+
+
+class TokenDataset:
+    """A prepared token dataset: flat arrays of ids, sampled as random windows of block_size + 1."""
+
+    def __init__(self, data_dir: str | Path, name: str):
+        self.folder = Path(data_dir) / name
+        self.meta = load_meta(self.folder)
+        self.vocab_size: int = int(self.meta["vocab_size"])
+        self.splits = {s: open_split(self.folder, s, self.meta) for s in SPLITS}
+
+    def check_block_size(self, block_size: int) -> None:
+        for split, tokens in self.splits.items():
+            if len(tokens) <= block_size:
+                raise DataError(f"the {split} split of {self.folder.name!r} has {len(tokens)} tokens, too few for "
+                                f"one sequence of block_size={block_size}; use a smaller model.block_size or more data")
+
+    def batch(self, split: str, batch_size: int, block_size: int, *, seed: int, step: int,
+              micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), both (batch_size, block_size) int64 on the CPU; y is x shifted left by one token."""
+        tokens = self.splits[split]
+        rng = np.random.default_rng([seed, SPLITS.index(split), step, micro])
+        starts = rng.integers(0, len(tokens) - block_size, size=batch_size)
+        windows = np.stack([tokens[s:s + block_size + 1] for s in starts]).astype(np.int64)  # (B, T+1)
+        windows = torch.from_numpy(windows)
+        return windows[:, :-1], windows[:, 1:]
