@@ -40,7 +40,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "out"
-    init_from: str = "scratch"         # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
+    init_from: str = "scratch"         # scratch | resume | auto (resume if out_dir has a checkpoint) | gpt2[-medium|-large|-xl]
     max_iters: int = 1000
     batch_size: int = 12               # sequences per micro-batch per process
     grad_accum: int = 1                # micro-batches per optimizer step, summed over all processes
@@ -50,7 +50,7 @@ class TrainConfig:
     checkpoint: bool = True            # write out_dir/ckpt.pt at every evaluation
     seed: int = 1337
     device: str = "auto"               # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"                # auto (bf16 autocast on GPUs that have it) | float32 | bfloat16 | float16
+    dtype: str = "auto"                # auto (bf16 autocast on GPUs that have it, else float32) | float32 | bfloat16
     compile: bool = False
     threads: int = 0                   # CPU intra-op threads; 0 keeps torch's default
 
@@ -78,8 +78,8 @@ class Config:
 
 # Values that an option may only take from a fixed set; checked after the types.
 CHOICES = {
-    "train.init_from": ("scratch", "resume", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"),
-    "train.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "train.init_from": ("scratch", "resume", "auto", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"),
+    "train.dtype": ("auto", "float32", "bfloat16"),
     "wandb.mode": ("online", "offline", "disabled"),
 }
 

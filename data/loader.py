@@ -71,4 +71,4 @@ class TokenDataset:
         starts = rng.integers(0, len(tokens) - block_size, size=batch_size)
         windows = np.stack([tokens[s:s + block_size + 1] for s in starts]).astype(np.int64)  # (B, T+1)
         windows = torch.from_numpy(windows)
-        return windows[:, :-1], windows[:, 1:]
+        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()

@@ -1,0 +1,32 @@
+"""AdamW with weight-decay groups, and the warm-up + cosine learning-rate schedule."""
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+
+from config import OptimConfig
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
+    """Decay matrices (linears, convs, embeddings' tied head) but not biases and norm gains: decaying
+    a gain towards 0 fights the normalisation it belongs to (as in GPT-2 / nanoGPT practice)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+
+
+def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.min_lr at lr_decay_iters (default: the end)."""
+    decay_end = cfg.lr_decay_iters or total_steps
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / (cfg.warmup_iters + 1)
+    if step >= decay_end:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_iters) / max(1, decay_end - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)

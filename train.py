@@ -1,0 +1,228 @@
+"""Train any registered model: python train.py CONFIG.toml [--section.key=value ...] [--summary]
+
+One process:  python train.py configs/shakespeare_char_cpu.toml
+Many GPUs:    torchrun --standalone --nproc_per_node=4 train.py configs/owt_gpt2.toml
+Many nodes:   torchrun --nnodes=2 --node_rank=R --master_addr=HOST --master_port=29500 --nproc_per_node=8 train.py ...
+
+Reads top to bottom: config, runtime, data, model (new or resumed), optimizer, compile, DDP, loop.
+The model is only ever used through the registry contract, so no line here knows its type.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from config import Config, ConfigError, load_config, save_json
+from data.loader import DataError, TokenDataset
+from engine import runtime
+from engine.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, save_checkpoint
+from engine.optim import lr_at, make_optimizer
+from engine.perf import peak_flops
+from engine.runlog import MetricsLog, run_record
+from models import build_model
+
+# Evaluation draws its batches with this step number, one no training run reaches: the same windows
+# at every evaluation (comparable points on a curve), and never the windows of a training step.
+EVAL_STEP = 2 ** 40
+
+
+def padded_vocab(n: int, multiple: int = 64) -> int:
+    """Round the vocabulary up (50257 -> 50304) so the head's matmul tiles evenly on GPUs."""
+    return -(-n // multiple) * multiple
+
+
+def resolve_vocab(cfg: Config, dataset_vocab: int) -> None:
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = padded_vocab(dataset_vocab)
+    elif cfg.model.vocab_size < dataset_vocab:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the dataset's vocabulary "
+                          f"({dataset_vocab}); set it to 0 to size it from the data")
+
+
+def local_micro_batches(cfg: Config, rt: runtime.Runtime) -> int:
+    if cfg.train.grad_accum % rt.world_size:
+        raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} micro-batches cannot be split evenly over "
+                          f"{rt.world_size} processes; make it a multiple of {rt.world_size}")
+    return cfg.train.grad_accum // rt.world_size
+
+
+def train_step(model, optimizer, batches, rt: runtime.Runtime, grad_clip: float) -> float:
+    """One optimizer step over this process's micro-batches; returns their mean loss."""
+    total = torch.zeros((), device=rt.device)
+    for i, (x, y) in enumerate(batches):
+        x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+        # DDP all-reduces gradients only after the last micro-batch of the step
+        sync = i == len(batches) - 1 or not isinstance(model, DDP)
+        with (model.no_sync() if not sync else torch.enable_grad()), rt.autocast():
+            _, loss = model(x, y)
+        (loss / len(batches)).backward()
+        total += loss.detach()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total.item() / len(batches)  # the step's one host-device sync
+
+
+@torch.no_grad()
+def evaluate(model, data: TokenDataset, cfg: Config, rt: runtime.Runtime) -> dict[str, float]:
+    """Mean loss over the same cfg.train.eval_iters batches per split at every evaluation, shared out
+    over the processes; a process with no batch still joins the all-reduce, so none can deadlock."""
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        loss_sum, count = 0.0, 0
+        for i in range(rt.rank, cfg.train.eval_iters, rt.world_size):
+            x, y = data.batch(split, cfg.train.batch_size, cfg.model.block_size,
+                              seed=cfg.train.seed, step=EVAL_STEP, micro=i)
+            with rt.autocast():
+                _, loss = model(x.to(rt.device), y.to(rt.device))
+            loss_sum, count = loss_sum + loss.item(), count + 1
+        loss_sum, count = runtime.all_reduce_sum([loss_sum, count], rt)
+        out[f"{split}_loss"] = loss_sum / count
+    model.train()
+    return out
+
+
+def gather_rng(rt: runtime.Runtime) -> list:
+    """Every process's RNG state (dropout differs per process), so resume restores all of them."""
+    state = runtime.rng_state()
+    if not rt.distributed:
+        return [state]
+    states = [None] * rt.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def build_or_resume(cfg: Config, data: TokenDataset, rt: runtime.Runtime):
+    """(model, checkpoint state or None). Never overwrites an earlier run by accident."""
+    out_dir, init = Path(cfg.train.out_dir), cfg.train.init_from
+    if init == "auto":
+        init = "resume" if has_checkpoint(out_dir) else "scratch"
+    if init == "scratch" and has_checkpoint(out_dir):
+        raise ConfigError(f"{out_dir} already holds a checkpoint; continue it with --train.init_from=resume "
+                          f"(or auto), or choose another --train.out_dir")
+    if init == "resume":
+        state = load_checkpoint(out_dir, map_location="cpu", log=print if rt.master else lambda *_: None)
+        saved = state["config"]["model"]
+        if saved != vars(cfg.model):
+            changed = sorted(k for k in saved.keys() | vars(cfg.model).keys()
+                             if saved.get(k) != vars(cfg.model).get(k))
+            raise ConfigError(f"the checkpoint in {out_dir} was trained with other model settings "
+                              f"({', '.join('model.' + k for k in changed)}); resume with the same [model]")
+        model = build_model(cfg.model)
+        model.load_state_dict(state["model"])
+        return model, state
+    if init.startswith("gpt2"):
+        from models.hf_gpt2 import load_hf_gpt2
+        return load_hf_gpt2(init, dropout=cfg.model.dropout), None
+    return build_model(cfg.model), None
+
+
+def train(cfg: Config) -> dict:
+    rt = runtime.setup(cfg.train.device, cfg.train.dtype)
+    try:
+        return _train(cfg, rt)
+    finally:
+        runtime.teardown()
+
+
+def _train(cfg: Config, rt: runtime.Runtime) -> dict:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    n_micro = local_micro_batches(cfg, rt)
+    data = TokenDataset(cfg.data.data_dir, cfg.data.dataset)
+    resolve_vocab(cfg, data.vocab_size)
+    data.check_block_size(cfg.model.block_size)
+    out_dir = Path(cfg.train.out_dir)
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every process
+    raw_model, state = build_or_resume(cfg, data, rt)
+    raw_model.to(rt.device)
+    optimizer = make_optimizer(raw_model, cfg.optim, rt.device.type)
+    step, time_s = 0, 0.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        step, time_s = state["step"], state["time_s"]
+        rng = state["rng"]
+        runtime.set_rng_state(rng[rt.rank] if rt.rank < len(rng) else rng[0])
+    else:
+        torch.manual_seed(cfg.train.seed + rt.rank)  # dropout masks differ per process
+
+    model = torch.compile(raw_model) if cfg.train.compile else raw_model
+    if rt.distributed:
+        model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+
+    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size  # all processes
+    flops_per_token = raw_model.flops_per_token()
+    log = MetricsLog(out_dir, cfg, rt, tokens_per_step, flops_per_token, peak_flops(rt.device),
+                     resume_step=step if state else None)
+    if rt.master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_json(cfg, out_dir / "config.json")
+        (out_dir / "run.json").write_text(json.dumps(run_record(cfg, rt, raw_model), indent=2) + "\n")
+        print(f"{sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, "
+              f"{flops_per_token / 1e6:.1f} MFLOP/token, {tokens_per_step} tokens/step, device {rt.device}, "
+              f"{rt.world_size} process(es), start at step {step}")
+
+    def checkpoint() -> None:
+        rng = gather_rng(rt)  # a collective: every process must take part
+        if rt.master and cfg.train.checkpoint:
+            save_checkpoint(out_dir, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "step": step, "time_s": time_s, "rng": rng, "config": cfg.to_dict(),
+                                      "data_meta": data.meta})
+
+    lr = lr_at(step, cfg.optim, cfg.train.max_iters)
+    if state is None:  # the curve starts at the untrained model (about ln V)
+        log.write(step, lr=lr, time_s=time_s, **evaluate(model, data, cfg, rt))
+    t0 = time.perf_counter()
+    while step < cfg.train.max_iters:
+        lr = lr_at(step, cfg.optim, cfg.train.max_iters)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batches = [data.batch("train", cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed,
+                              step=step, micro=rt.rank * n_micro + i) for i in range(n_micro)]
+        loss = train_step(model, optimizer, batches, rt, cfg.optim.grad_clip)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {step}; lower optim.lr or raise optim.warmup_iters "
+                                     f"and resume from the last checkpoint")
+        time_s += time.perf_counter() - t0
+        step += 1
+        record = {"loss": loss}
+        if step == cfg.train.max_iters or (cfg.train.eval_interval and step % cfg.train.eval_interval == 0):
+            record.update(evaluate(model, data, cfg, rt))
+            checkpoint()
+        if len(record) > 1 or step % cfg.train.log_interval == 0:
+            log.write(step, lr=lr, time_s=time_s, **record)
+        t0 = time.perf_counter()  # evaluation, checkpoints and logging are not training time
+    log.close()
+    return log.last
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if a != "--summary"]
+    if not args or args[0].startswith("--"):
+        print("usage: python train.py CONFIG.toml [--section.key=value ...] [--summary]", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args[0], args[1:])
+        if "--summary" in argv:
+            from engine.summary import print_summary
+            print_summary(cfg)
+        else:
+            train(cfg)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
