@@ -122,7 +122,12 @@ def build_or_resume(cfg: Config, data: TokenDataset, rt: runtime.Runtime):
         return model, state
     if init.startswith("gpt2"):
         from models.hf_gpt2 import load_hf_gpt2
-        return load_hf_gpt2(init, dropout=cfg.model.dropout), None
+        model = load_hf_gpt2(init, dropout=cfg.model.dropout)
+        if data.vocab_size > model.cfg.vocab_size:
+            raise ConfigError(f"GPT-2 weights cover {model.cfg.vocab_size} tokens but the dataset has "
+                              f"{data.vocab_size}; prepare the data with --tokenizer gpt2")
+        cfg.model = model.cfg  # the checkpoint and config.json record the shape that was loaded
+        return model, None
     return build_model(cfg.model), None
 
 

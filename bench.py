@@ -1,0 +1,102 @@
+"""Time training steps of any config: python bench.py CONFIG.toml [--section.key=value ...] [--steps N]
+
+Runs the trainer's own train_step on the configured batch (prepared data if present, else random
+ids: throughput does not depend on the text) and prints one JSON line last: ms/iter (median),
+tokens/s, training FLOPs per token, achieved FLOP/s, MFU (GPU: datasheet peak; CPU: this machine's
+measured matmul rate) and peak memory (GPU: allocator peak; CPU: the process's peak RSS).
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from config import ConfigError, load_config
+from data.loader import DataError, TokenDataset
+from engine import runtime
+from engine.optim import make_optimizer
+from engine.perf import cpu_matmul_flops, peak_flops
+from models import build_model
+from train import padded_vocab, train_step
+
+
+def batches_for(cfg, n_micro: int, step: int):
+    try:
+        data = TokenDataset(cfg.data.data_dir, cfg.data.dataset)
+    except DataError:
+        data = None
+    if data is not None:
+        if cfg.model.vocab_size == 0:
+            cfg.model.vocab_size = padded_vocab(data.vocab_size)
+        return [data.batch("train", cfg.train.batch_size, cfg.model.block_size, seed=0, step=step, micro=i)
+                for i in range(n_micro)]
+    if cfg.model.vocab_size == 0:
+        raise ConfigError(f"dataset {cfg.data.dataset!r} is not prepared and model.vocab_size is 0: prepare it "
+                          f"(python data/prepare.py {cfg.data.dataset}) or pass --model.vocab_size=N")
+    g = torch.Generator().manual_seed(step)
+    shape = (cfg.train.batch_size, cfg.model.block_size)
+    return [(torch.randint(0, cfg.model.vocab_size, shape, generator=g),
+             torch.randint(0, cfg.model.vocab_size, shape, generator=g)) for _ in range(n_micro)]
+
+
+def bench(cfg, steps: int = 10, warmup: int = 3) -> dict:
+    rt = runtime.setup(cfg.train.device, cfg.train.dtype)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    batches = batches_for(cfg, cfg.train.grad_accum, 0)
+    torch.manual_seed(cfg.train.seed)
+    raw = build_model(cfg.model).to(rt.device)
+    model = torch.compile(raw) if cfg.train.compile else raw
+    optimizer = make_optimizer(raw, cfg.optim, rt.device.type)
+    sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
+    if rt.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(rt.device)
+    times = []
+    for i in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
+        train_step(model, optimizer, batches, rt, cfg.optim.grad_clip)  # ends in .item(): synchronised
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    ms = statistics.median(times) * 1e3
+    tokens = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
+    flops_per_token = raw.flops_per_token()
+    peak = peak_flops(rt.device)
+    achieved = tokens / (ms / 1e3) * flops_per_token
+    memory = (torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda"
+              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {
+        "model": cfg.model.name, "device": str(rt.device), "dtype": str(rt.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(), "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
+        "block_size": cfg.model.block_size, "parameters": sum(p.numel() for p in raw.parameters()),
+        "steps": steps, "ms_per_iter": round(ms, 3), "ms_per_iter_min": round(min(times) * 1e3, 3),
+        "tokens_per_s": round(tokens / (ms / 1e3), 1), "flops_per_token": flops_per_token,
+        "achieved_flops": achieved, "peak_flops": peak, "mfu": achieved / peak if peak else None,
+        "peak_memory_bytes": memory, "cpu_matmul_flops": cpu_matmul_flops() if rt.device.type == "cpu" else None,
+    }
+
+
+def main(argv: list[str]) -> int:
+    steps = 10
+    if "--steps" in argv:
+        i = argv.index("--steps")
+        steps, argv = int(argv[i + 1]), argv[:i] + argv[i + 2:]
+    if not argv or argv[0].startswith("--"):
+        print("usage: python bench.py CONFIG.toml [--section.key=value ...] [--steps N]", file=sys.stderr)
+        return 2
+    try:
+        result = bench(load_config(argv[0], argv[1:]), steps=steps)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"config": str(Path(argv[0])), **result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
