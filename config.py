@@ -41,10 +41,14 @@ class OptimConfig:
 class TrainConfig:
     out_dir: str = "out"
     init_from: str = "scratch"         # scratch | resume | auto (resume if out_dir has a checkpoint) | gpt2[-medium|-large|-xl]
-    max_iters: int = 1000
+    max_iters: int = 1000              # the budget in optimizer steps, unless one of the next three is set
+    max_tokens: int = 0                # > 0: budget in tokens (all processes)
+    max_flops: float = 0.0             # > 0: budget in training FLOPs (model.flops_per_token() per token)
+    max_time_s: float = 0.0            # > 0: budget in training wall-clock seconds (evaluation excluded)
     batch_size: int = 12               # sequences per micro-batch per process
     grad_accum: int = 1                # micro-batches per optimizer step, summed over all processes
     eval_interval: int = 250           # evaluate (and checkpoint) every this many steps; 0: only at the end
+    n_evals: int = 0                   # > 0: evaluate at n_evals even fractions of the budget instead
     eval_iters: int = 20               # batches per split per evaluation
     log_interval: int = 10
     checkpoint: bool = True            # write out_dir/ckpt.pt at every evaluation
@@ -208,8 +212,13 @@ def validate(cfg: Config) -> None:
     for key in ("max_iters", "batch_size", "grad_accum", "eval_iters", "log_interval"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
-    if t.eval_interval < 0:
-        raise ConfigError("train.eval_interval must be >= 0 (0 evaluates only at the end)")
+    budgets = [k for k in ("max_tokens", "max_flops", "max_time_s") if getattr(t, k) != 0]
+    if len(budgets) > 1:
+        raise ConfigError(f"give one budget, not {' and '.join('train.' + k for k in budgets)}")
+    if any(getattr(t, k) < 0 for k in budgets):
+        raise ConfigError(f"train.{budgets[0]} must be positive")
+    if t.eval_interval < 0 or t.n_evals < 0:
+        raise ConfigError("train.eval_interval and train.n_evals must be >= 0 (0 evaluates only at the end)")
     o = cfg.optim
     if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
         raise ConfigError(f"need 0 <= optim.min_lr <= optim.lr and optim.lr > 0, got lr={o.lr}, min_lr={o.min_lr}")

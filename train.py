@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import sys
 import time
 from pathlib import Path
@@ -22,11 +23,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from config import Config, ConfigError, load_config, save_json
 from data.loader import DataError, TokenDataset
 from engine import runtime
-from engine.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, save_checkpoint
-from engine.optim import lr_at, make_optimizer
+from engine.budget import Budget
+from engine.checkpoint import CheckpointError, atomic_write_text, has_checkpoint, load_checkpoint, save_checkpoint
+from engine.optim import make_optimizer
 from engine.perf import peak_flops
 from engine.runlog import MetricsLog, run_record
 from models import build_model
+from models.hf_gpt2 import HFLoadError
 
 # Evaluation draws its batches with this step number, one no training run reaches: the same windows
 # at every evaluation (comparable points on a curve), and never the windows of a training step.
@@ -121,7 +124,7 @@ def build_or_resume(cfg: Config, data: TokenDataset, rt: runtime.Runtime):
         model.load_state_dict(state["model"])
         return model, state
     if init.startswith("gpt2"):
-        from models.hf_gpt2 import load_hf_gpt2
+        from models.hf_gpt2 import load_hf_gpt2  # imports transformers: only when asked for
         model = load_hf_gpt2(init, dropout=cfg.model.dropout)
         if data.vocab_size > model.cfg.vocab_size:
             raise ConfigError(f"GPT-2 weights cover {model.cfg.vocab_size} tokens but the dataset has "
@@ -167,6 +170,7 @@ def _train(cfg: Config, rt: runtime.Runtime) -> dict:
 
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size  # all processes
     flops_per_token = raw_model.flops_per_token()
+    budget = Budget(cfg.train, cfg.optim, tokens_per_step, flops_per_token)  # refuses impossible budgets early
     log = MetricsLog(out_dir, cfg, rt, tokens_per_step, flops_per_token, peak_flops(rt.device),
                      resume_step=step if state else None)
     if rt.master:
@@ -184,12 +188,11 @@ def _train(cfg: Config, rt: runtime.Runtime) -> dict:
                                       "step": step, "time_s": time_s, "rng": rng, "config": cfg.to_dict(),
                                       "data_meta": data.meta})
 
-    lr = lr_at(step, cfg.optim, cfg.train.max_iters)
     if state is None:  # the curve starts at the untrained model (about ln V)
-        log.write(step, lr=lr, time_s=time_s, **evaluate(model, data, cfg, rt))
+        log.write(step, lr=budget.lr(step, time_s), time_s=time_s, **evaluate(model, data, cfg, rt))
     t0 = time.perf_counter()
-    while step < cfg.train.max_iters:
-        lr = lr_at(step, cfg.optim, cfg.train.max_iters)
+    while not budget.done(step, time_s):
+        lr = budget.lr(step, time_s)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batches = [data.batch("train", cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed,
@@ -198,17 +201,43 @@ def _train(cfg: Config, rt: runtime.Runtime) -> dict:
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {step}; lower optim.lr or raise optim.warmup_iters "
                                      f"and resume from the last checkpoint")
-        time_s += time.perf_counter() - t0
+        prev_fraction = budget.fraction(step, time_s)
+        time_s = agreed_time(time_s + time.perf_counter() - t0, rt) if budget.time_limit else \
+            time_s + time.perf_counter() - t0
         step += 1
         record = {"loss": loss}
-        if step == cfg.train.max_iters or (cfg.train.eval_interval and step % cfg.train.eval_interval == 0):
+        if budget.eval_due(step, time_s, prev_fraction):
             record.update(evaluate(model, data, cfg, rt))
             checkpoint()
         if len(record) > 1 or step % cfg.train.log_interval == 0:
             log.write(step, lr=lr, time_s=time_s, **record)
         t0 = time.perf_counter()  # evaluation, checkpoints and logging are not training time
     log.close()
+    if rt.master:
+        write_result(out_dir, log.last, raw_model, flops_per_token, rt)
     return log.last
+
+
+def agreed_time(time_s: float, rt: runtime.Runtime) -> float:
+    """Under a clock budget every process must stop at the same step: all use rank 0's clock."""
+    if not rt.distributed:
+        return time_s
+    t = torch.tensor([time_s], dtype=torch.float64, device=rt.device)
+    dist.broadcast(t, src=0)
+    return t.item()
+
+
+def write_result(out_dir: Path, last: dict, model, flops_per_token: float, rt: runtime.Runtime) -> None:
+    """result.json marks a finished run and holds its final figures (the study reads it)."""
+    memory = (torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda"
+              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    mean_rate = last["tokens"] / last["time_s"] if last.get("time_s") else None
+    peak = peak_flops(rt.device)
+    result = {key: last.get(key) for key in ("step", "tokens", "flops", "time_s", "val_loss", "train_loss")}
+    result.update(parameters=sum(p.numel() for p in model.parameters()), flops_per_token=flops_per_token,
+                  tokens_per_s=mean_rate, peak_memory_bytes=memory,
+                  mfu=mean_rate * flops_per_token / (peak * rt.world_size) if mean_rate and peak else None)
+    atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
 
 
 def main(argv: list[str]) -> int:
@@ -223,7 +252,7 @@ def main(argv: list[str]) -> int:
             print_summary(cfg)
         else:
             train(cfg)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, HFLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

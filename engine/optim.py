@@ -21,12 +21,10 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 
-def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Linear warm-up to cfg.lr, then cosine decay to cfg.min_lr at lr_decay_iters (default: the end)."""
-    decay_end = cfg.lr_decay_iters or total_steps
+def lr_at(step: int, cfg: OptimConfig, decay_progress: float) -> float:
+    """Linear warm-up over the first warmup_iters steps, then cosine decay from cfg.lr to cfg.min_lr
+    as decay_progress goes from 0 to 1 (min_lr after that)."""
     if step < cfg.warmup_iters:
         return cfg.lr * (step + 1) / (cfg.warmup_iters + 1)
-    if step >= decay_end:
-        return cfg.min_lr
-    progress = (step - cfg.warmup_iters) / max(1, decay_end - cfg.warmup_iters)
+    progress = min(max(decay_progress, 0.0), 1.0)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)

@@ -2,7 +2,7 @@
 
 Shapes: B batch, T tokens, C = n_embd width, nh heads, hs = C // nh head size, V padded vocabulary.
 Module names follow GPT-2 (wte, wpe, h, ln_f, c_attn, c_proj, c_fc, lm_head) so that Hugging Face
-weights load by a key-by-key copy (load_hf_gpt2 below).
+weights load by a key-by-key copy (models/hf_gpt2.py).
 """
 from __future__ import annotations
 

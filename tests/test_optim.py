@@ -2,25 +2,57 @@ import math
 
 import torch
 
-from config import OptimConfig
-from engine.optim import lr_at, make_optimizer
+from config import OptimConfig, TrainConfig
+from engine.budget import Budget
+from engine.optim import make_optimizer
 from models import build_model, tiny_config
+
+
+def schedule(step: int, cfg: OptimConfig, total_steps: int, time_s: float = 0.0) -> float:
+    train = TrainConfig(max_iters=total_steps)
+    return Budget(train, cfg, tokens_per_step=1, flops_per_token=1.0).lr(step, time_s)
 
 
 def test_schedule_warms_up_linearly_then_follows_the_cosine_to_min_lr():
     cfg = OptimConfig(lr=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
-    assert lr_at(0, cfg, 1000) == 1.0 / 11 and lr_at(9, cfg, 1000) == 10 / 11
+    assert schedule(0, cfg, 1000) == 1.0 / 11 and schedule(9, cfg, 1000) == 10 / 11
     for step in (10, 35, 60, 85, 109):  # plain cosine formula as the reference
         expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 10) / 100))
-        assert abs(lr_at(step, cfg, 1000) - expected) < 1e-12
-    assert lr_at(60, cfg, 1000) == 0.55           # half-way: the midpoint of lr and min_lr
-    assert lr_at(110, cfg, 1000) == lr_at(5000, cfg, 1000) == 0.1
+        assert abs(schedule(step, cfg, 1000) - expected) < 1e-12
+    assert schedule(60, cfg, 1000) == 0.55           # half-way: the midpoint of lr and min_lr
+    assert schedule(110, cfg, 1000) == schedule(5000, cfg, 1000) == 0.1
 
 
 def test_schedule_without_decay_iters_ends_at_the_last_step():
     cfg = OptimConfig(lr=1.0, min_lr=0.0, warmup_iters=0, lr_decay_iters=0)
-    assert lr_at(0, cfg, 100) == 1.0 and lr_at(100, cfg, 100) == 0.0
-    assert abs(lr_at(50, cfg, 100) - 0.5) < 1e-12
+    assert schedule(0, cfg, 100) == 1.0 and schedule(100, cfg, 100) == 0.0
+    assert abs(schedule(50, cfg, 100) - 0.5) < 1e-12
+
+
+def test_token_and_flop_budgets_become_whole_steps_and_the_schedule_ends_there():
+    optim = OptimConfig(lr=1.0, min_lr=0.0, warmup_iters=0)
+    by_tokens = Budget(TrainConfig(max_tokens=1000), optim, tokens_per_step=300, flops_per_token=2.0)
+    assert by_tokens.total_steps == 4                          # 4 x 300 >= 1000 > 3 x 300
+    by_flops = Budget(TrainConfig(max_flops=6000.0), optim, tokens_per_step=300, flops_per_token=2.0)
+    assert by_flops.total_steps == 10
+    assert by_flops.lr(10, 0.0) == 0.0 and not by_flops.done(9, 0.0) and by_flops.done(10, 0.0)
+
+
+def test_clock_budget_decays_with_the_share_of_time_used():
+    budget = Budget(TrainConfig(max_time_s=100.0), OptimConfig(lr=1.0, min_lr=0.0, warmup_iters=0), 1, 1.0)
+    assert budget.total_steps is None
+    assert abs(budget.lr(7, 50.0) - 0.5) < 1e-12 and budget.lr(9, 100.0) == 0.0
+    assert budget.done(3, 100.0) and not budget.done(10_000, 99.9)
+
+
+def test_evaluations_fall_on_even_fractions_of_the_budget():
+    budget = Budget(TrainConfig(max_iters=100, n_evals=4), OptimConfig(warmup_iters=10), 1, 1.0)
+    due = [s for s in range(1, 101) if budget.eval_due(s, 0.0, budget.fraction(s - 1, 0.0))]
+    assert due == [25, 50, 75, 100]
+    clock = Budget(TrainConfig(max_time_s=10.0, n_evals=2), OptimConfig(), 1, 1.0)
+    times = [0.0, 3.0, 4.9, 5.2, 7.0, 10.1]
+    due = [t for prev, t in zip(times, times[1:]) if clock.eval_due(1, t, clock.fraction(1, prev))]
+    assert due == [5.2, 10.1]
 
 
 def test_weight_decay_applies_to_matrices_only():

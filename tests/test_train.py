@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from config import ConfigError, load_config
+from engine.budget import Budget
 from engine.checkpoint import CheckpointError, load_checkpoint, read_manifest
 from helpers import ROOT, tiny_overrides, write_char_dataset
 from train import train
@@ -92,6 +94,12 @@ def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(data_dir, tm
         load_checkpoint(out)
 
 
+def test_budget_inside_the_warmup_is_refused(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="warmup_iters=5"):
+        run(data_dir, tmp_path / "r", **{"train.max_tokens": 500})
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()  # refused before any work
+
+
 def test_vocab_smaller_than_the_dataset_is_refused(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="vocab_size"):
         run(data_dir, tmp_path / "r", **{"model.vocab_size": 8})
@@ -143,3 +151,39 @@ def test_tiny_config_matches_the_golden_loss_curve(data_dir, tmp_path):
     assert curve.keys() == golden.keys()
     for step in golden:  # float32 on the CPU: identical up to kernel summation order across machines
         assert curve[step] == pytest.approx(golden[step], rel=1e-4, abs=1e-5), step
+
+
+def read_metrics(out_dir):
+    return [json.loads(l) for l in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("budget", [{"train.max_tokens": 2000}, {"train.max_flops": 3e8}])
+def test_token_and_flop_budgets_stop_at_the_first_step_that_reaches_them(data_dir, tmp_path, budget):
+    result = run(data_dir, tmp_path / "b", **budget, **{"train.n_evals": 2, "train.eval_interval": 0})
+    saved = json.loads((tmp_path / "b" / "result.json").read_text())
+    key, limit = next(iter(budget.items()))
+    spent = saved[key.split("max_")[1]]
+    per_step = spent / saved["step"]
+    assert limit <= spent < limit + per_step  # reached, and not by more than one step
+    assert saved["val_loss"] == result["val_loss"] and saved["parameters"] > 0
+    lines = read_metrics(tmp_path / "b")
+    cfg = load_config(None, tiny_overrides(data_dir, tmp_path, **budget))
+    schedule = Budget(cfg.train, cfg.optim, 4 * 32, saved["flops_per_token"])
+    assert lines[-1]["lr"] == schedule.lr(saved["step"] - 1, 0.0)  # the last step ran on the schedule...
+    assert schedule.lr(saved["step"], 0.0) == cfg.optim.min_lr      # ...which ends at the budget
+    evals = [l["step"] for l in lines if "val_loss" in l]
+    assert evals == [0, -(-saved["step"] // 2), saved["step"]]  # ...and evaluations at the first step past each half
+
+
+@pytest.mark.slow
+def test_clock_budget_stops_after_the_training_time_and_excludes_evaluation(data_dir, tmp_path):
+    run(data_dir, tmp_path / "t", **{"train.max_time_s": 3.0, "train.n_evals": 3, "train.eval_interval": 0,
+                                     "train.eval_iters": 20, "optim.warmup_iters": 0, "train.log_interval": 1})
+    lines = read_metrics(tmp_path / "t")
+    final, evals = lines[-1], [l for l in lines if "val_loss" in l]
+    step_times = [b["time_s"] - a["time_s"] for a, b in zip(lines, lines[1:])]
+    assert 3.0 <= final["time_s"] < 3.0 + max(step_times) + 1e-9  # stops on the first step past the clock
+    assert evals[-1] is final and len(evals) == 4                  # step 0, then thirds of the clock
+    for a, b in zip(lines[1:], lines[2:]):  # the cosine follows the clock, from lr down towards min_lr
+        expected = 3e-4 + 0.5 * (1 + math.cos(math.pi * a["time_s"] / 3.0)) * (3e-3 - 3e-4)
+        assert b["lr"] == pytest.approx(expected, rel=1e-9)
