@@ -57,6 +57,8 @@ class TrainConfig:
     dtype: str = "auto"                # auto (bf16 autocast on GPUs that have it, else float32) | float32 | bfloat16
     compile: bool = False
     threads: int = 0                   # CPU intra-op threads; 0 keeps torch's default
+    max_rollbacks: int = 3             # NaN/inf (or spiking) losses roll back to the last checkpoint this often
+    spike_factor: float = 0.0          # > 0: a loss above this many times the recent mean also rolls back
 
 
 @dataclass

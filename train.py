@@ -10,8 +10,8 @@ The model is only ever used through the registry contract, so no line here knows
 from __future__ import annotations
 
 import json
-import math
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,6 +24,7 @@ from config import Config, ConfigError, load_config, save_json
 from data.loader import DataError, TokenDataset
 from engine import runtime
 from engine.budget import Budget
+from engine.guard import Diverged, LossGuard, Preempted, StopFlag
 from engine.checkpoint import CheckpointError, atomic_write_text, has_checkpoint, load_checkpoint, save_checkpoint
 from engine.optim import make_optimizer
 from engine.perf import peak_flops
@@ -155,12 +156,18 @@ def _train(cfg: Config, rt: runtime.Runtime) -> dict:
     raw_model, state = build_or_resume(cfg, data, rt)
     raw_model.to(rt.device)
     optimizer = make_optimizer(raw_model, cfg.optim, rt.device.type)
-    step, time_s = 0, 0.0
-    if state is not None:
+    # step: optimizer steps taken; data_shift: batches skipped by rollbacks (the data position is step + shift)
+    run = {"step": 0, "time_s": 0.0, "data_shift": 0, "rollbacks": 0}
+
+    def restore(state: dict) -> None:
+        raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step, time_s = state["step"], state["time_s"]
+        run.update({k: state[k] for k in ("step", "time_s", "data_shift", "rollbacks")})
         rng = state["rng"]
         runtime.set_rng_state(rng[rt.rank] if rt.rank < len(rng) else rng[0])
+
+    if state is not None:
+        restore(state)
     else:
         torch.manual_seed(cfg.train.seed + rt.rank)  # dropout masks differ per process
 
@@ -172,59 +179,82 @@ def _train(cfg: Config, rt: runtime.Runtime) -> dict:
     flops_per_token = raw_model.flops_per_token()
     budget = Budget(cfg.train, cfg.optim, tokens_per_step, flops_per_token)  # refuses impossible budgets early
     log = MetricsLog(out_dir, cfg, rt, tokens_per_step, flops_per_token, peak_flops(rt.device),
-                     resume_step=step if state else None)
+                     resume_step=run["step"] if state else None)
     if rt.master:
-        out_dir.mkdir(parents=True, exist_ok=True)
         save_json(cfg, out_dir / "config.json")
         (out_dir / "run.json").write_text(json.dumps(run_record(cfg, rt, raw_model), indent=2) + "\n")
         print(f"{sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, "
               f"{flops_per_token / 1e6:.1f} MFLOP/token, {tokens_per_step} tokens/step, device {rt.device}, "
-              f"{rt.world_size} process(es), start at step {step}")
+              f"{rt.world_size} process(es), start at step {run['step']}")
 
     def checkpoint() -> None:
         rng = gather_rng(rt)  # a collective: every process must take part
         if rt.master and cfg.train.checkpoint:
-            save_checkpoint(out_dir, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "step": step, "time_s": time_s, "rng": rng, "config": cfg.to_dict(),
-                                      "data_meta": data.meta})
+            try:
+                save_checkpoint(out_dir, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "rng": rng, "config": cfg.to_dict(), "data_meta": data.meta, **run})
+            except OSError as e:  # e.g. a full disk: the previous checkpoint is intact, so train on
+                print(f"warning: could not write a checkpoint at step {run['step']} ({e}); the last good one "
+                      f"is kept; free space in {out_dir} or the next attempt fails too", file=sys.stderr)
+
+    def roll_back(reason: str, bad_step: int) -> None:
+        if run["rollbacks"] >= cfg.train.max_rollbacks or not has_checkpoint(out_dir):
+            raise Diverged(f"{reason} at step {bad_step} after {run['rollbacks']} rollback(s)"
+                           f"{'' if has_checkpoint(out_dir) else ' and before any checkpoint'}; lower optim.lr, "
+                           f"raise optim.warmup_iters or tighten optim.grad_clip")
+        shift, rollbacks = run["data_shift"], run["rollbacks"]
+        restore(load_checkpoint(out_dir, map_location="cpu", log=print if rt.master else lambda *_: None))
+        # skip every batch from the checkpoint to the bad one: the replay sees fresh data
+        run.update(data_shift=shift + bad_step + 1 - run["step"], rollbacks=rollbacks + 1)
+        guard.reset()
+        log.rewind(run["step"], event="rollback", reason=reason, bad_step=bad_step, rollbacks=run["rollbacks"])
 
     if state is None:  # the curve starts at the untrained model (about ln V)
-        log.write(step, lr=budget.lr(step, time_s), time_s=time_s, **evaluate(model, data, cfg, rt))
-    t0 = time.perf_counter()
-    while not budget.done(step, time_s):
-        lr = budget.lr(step, time_s)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batches = [data.batch("train", cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed,
-                              step=step, micro=rt.rank * n_micro + i) for i in range(n_micro)]
-        loss = train_step(model, optimizer, batches, rt, cfg.optim.grad_clip)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {step}; lower optim.lr or raise optim.warmup_iters "
-                                     f"and resume from the last checkpoint")
-        prev_fraction = budget.fraction(step, time_s)
-        time_s = agreed_time(time_s + time.perf_counter() - t0, rt) if budget.time_limit else \
-            time_s + time.perf_counter() - t0
-        step += 1
-        record = {"loss": loss}
-        if budget.eval_due(step, time_s, prev_fraction):
-            record.update(evaluate(model, data, cfg, rt))
-            checkpoint()
-        if len(record) > 1 or step % cfg.train.log_interval == 0:
-            log.write(step, lr=lr, time_s=time_s, **record)
-        t0 = time.perf_counter()  # evaluation, checkpoints and logging are not training time
+        log.write(0, lr=budget.lr(0, 0.0), time_s=0.0, **evaluate(model, data, cfg, rt))
+    guard = LossGuard(cfg.train.spike_factor)
+    with StopFlag() as stop:
+        t0 = time.perf_counter()
+        while not budget.done(run["step"], run["time_s"]):
+            step = run["step"]
+            lr = budget.lr(step, run["time_s"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batches = [data.batch("train", cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed,
+                                  step=step + run["data_shift"], micro=rt.rank * n_micro + i) for i in range(n_micro)]
+            loss = train_step(model, optimizer, batches, rt, cfg.optim.grad_clip)
+            problem = guard.check(loss)
+            stopping, bad, time_s = agree(rt, stop.signum is not None, problem is not None,
+                                          run["time_s"] + time.perf_counter() - t0)
+            if bad:
+                roll_back(problem or "a bad loss on another process", step)
+                t0 = time.perf_counter()
+                continue
+            prev_fraction = budget.fraction(step, run["time_s"])
+            run.update(step=step + 1, time_s=time_s)
+            record = {"loss": loss}
+            if budget.eval_due(step + 1, time_s, prev_fraction) or stopping:
+                record.update(evaluate(model, data, cfg, rt))
+                checkpoint()
+            if len(record) > 1 or (step + 1) % cfg.train.log_interval == 0:
+                log.write(step + 1, lr=lr, time_s=time_s, **record)
+            if stopping:
+                log.close()
+                raise Preempted(stop.signum or signal.SIGTERM, step + 1)
+            t0 = time.perf_counter()  # evaluation, checkpoints and logging are not training time
     log.close()
     if rt.master:
         write_result(out_dir, log.last, raw_model, flops_per_token, rt)
     return log.last
 
 
-def agreed_time(time_s: float, rt: runtime.Runtime) -> float:
-    """Under a clock budget every process must stop at the same step: all use rank 0's clock."""
+def agree(rt: runtime.Runtime, stop: bool, bad: bool, time_s: float) -> tuple[bool, bool, float]:
+    """Processes must take the same branch at every step: stop if any was signalled, roll back if any
+    saw a bad loss, and measure clock budgets on the slowest process's clock."""
     if not rt.distributed:
-        return time_s
-    t = torch.tensor([time_s], dtype=torch.float64, device=rt.device)
-    dist.broadcast(t, src=0)
-    return t.item()
+        return stop, bad, time_s
+    t = torch.tensor([float(stop), float(bad), time_s], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t[0]), bool(t[1]), t[2].item()
 
 
 def write_result(out_dir: Path, last: dict, model, flops_per_token: float, rt: runtime.Runtime) -> None:
@@ -255,6 +285,12 @@ def main(argv: list[str]) -> int:
     except (ConfigError, DataError, CheckpointError, HFLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Diverged as e:
+        print(f"error: training diverged: {e}", file=sys.stderr)
+        return 1
+    except Preempted as e:
+        print(f"{e}; checkpoint written, continue with --train.init_from=resume", file=sys.stderr)
+        return 128 + e.signum  # the shell's convention for "ended by a signal": not finished
     return 0
 
 

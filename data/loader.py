@@ -70,5 +70,9 @@ class TokenDataset:
         rng = np.random.default_rng([seed, SPLITS.index(split), step, micro])
         starts = rng.integers(0, len(tokens) - block_size, size=batch_size)
         windows = np.stack([tokens[s:s + block_size + 1] for s in starts]).astype(np.int64)  # (B, T+1)
+        if windows.max() >= self.vocab_size:  # cheap here, unlike a scan of billions of tokens up front
+            raise DataError(f"{self.folder / split}.bin holds token id {windows.max()} but meta.json says the "
+                            f"vocabulary has {self.vocab_size}; the file does not belong to this meta.json: "
+                            f"prepare it again: python data/prepare.py {self.folder.name}")
         windows = torch.from_numpy(windows)
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()

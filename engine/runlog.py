@@ -56,15 +56,10 @@ class MetricsLog:
         if not self.master:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-            if kept:
-                self.last = json.loads(kept[-1])
-                self.prev_tokens, self.prev_time = self.last["tokens"], self.last["time_s"]
-        elif resume_step is None:
+        if resume_step is None:
             self.path.write_text("")
+        else:
+            self._truncate(resume_step)
         if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
             import wandb
             self.wandb = wandb.init(project=cfg.wandb.project, name=cfg.wandb.run_name or None,
@@ -72,6 +67,26 @@ class MetricsLog:
                                     dir=str(out_dir), resume="allow",
                                     id=cfg.wandb.run_name or None)
         self.file = open(self.path, "a")
+
+    def _truncate(self, step: int) -> None:
+        """Drop the lines after `step` (work that is about to be redone) and continue from there."""
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        curve = [json.loads(line) for line in kept if "event" not in json.loads(line)]
+        self.last = curve[-1] if curve else {}
+        self.prev_tokens, self.prev_time = self.last.get("tokens", 0), self.last.get("time_s", 0.0)
+
+    def rewind(self, step: int, **event) -> None:
+        """After a rollback to `step`: forget the lines past it and record why (an `event` line)."""
+        if not self.master:
+            return
+        self.file.close()
+        self._truncate(step)
+        self.file = open(self.path, "a")
+        self.file.write(json.dumps({"step": step, **event}) + "\n")
+        self.file.flush()
+        print(f"rolled back to step {step}: {event}", flush=True)
 
     def write(self, step: int, **fields) -> None:
         tokens = step * self.tokens_per_step
