@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from config import ConfigError, load_config
-from data.loader import DataError, TokenDataset
+from data.loader import DataError, open_dataset
 from engine import runtime
 from engine.optim import make_optimizer
 from engine.perf import cpu_matmul_flops, peak_flops
@@ -27,7 +27,7 @@ from train import padded_vocab, train_step
 
 def batches_for(cfg, n_micro: int, step: int):
     try:
-        data = TokenDataset(cfg.data.data_dir, cfg.data.dataset)
+        data = open_dataset(cfg.data)
     except DataError:
         data = None
     if data is not None:

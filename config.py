@@ -21,8 +21,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "shakespeare_char"  # a folder data/<dataset> written by data/prepare.py
+    dataset: str = "shakespeare_char"  # a folder data/<dataset> written by data/prepare.py, or a synthetic
+                                       # task generated on the fly: "copy" or "mqar" (see data/synthetic.py)
     data_dir: str = "data"             # where prepared datasets live (relative to the repo root)
+    task_vocab: int = 64               # synthetic tasks: vocabulary size
+    task_pairs: int = 8                # mqar: key-value pairs per sequence; copy: tokens to copy
 
 
 @dataclass

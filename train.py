@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from config import Config, ConfigError, load_config, save_json
-from data.loader import DataError, TokenDataset
+from data.loader import DataError, open_dataset
 from engine import runtime
 from engine.budget import Budget
 from engine.guard import Diverged, LossGuard, Preempted, StopFlag
@@ -76,21 +76,24 @@ def train_step(model, optimizer, batches, rt: runtime.Runtime, grad_clip: float)
 
 
 @torch.no_grad()
-def evaluate(model, data: TokenDataset, cfg: Config, rt: runtime.Runtime) -> dict[str, float]:
+def evaluate(model, data, cfg: Config, rt: runtime.Runtime) -> dict[str, float]:
     """Mean loss over the same cfg.train.eval_iters batches per split at every evaluation, shared out
     over the processes; a process with no batch still joins the all-reduce, so none can deadlock."""
     model.eval()
     out = {}
     for split in ("train", "val"):
-        loss_sum, count = 0.0, 0
+        loss_sum, batches, hits, scored = 0.0, 0, 0, 0
         for i in range(rt.rank, cfg.train.eval_iters, rt.world_size):
             x, y = data.batch(split, cfg.train.batch_size, cfg.model.block_size,
                               seed=cfg.train.seed, step=EVAL_STEP, micro=i)
+            x, y = x.to(rt.device), y.to(rt.device)
             with rt.autocast():
-                _, loss = model(x.to(rt.device), y.to(rt.device))
-            loss_sum, count = loss_sum + loss.item(), count + 1
-        loss_sum, count = runtime.all_reduce_sum([loss_sum, count], rt)
-        out[f"{split}_loss"] = loss_sum / count
+                logits, loss = model(x, y)
+            mask = y != -1  # accuracy where the loss is scored (every position for text)
+            loss_sum, batches = loss_sum + loss.item(), batches + 1
+            hits, scored = hits + (logits.argmax(-1) == y)[mask].sum().item(), scored + mask.sum().item()
+        loss_sum, batches, hits, scored = runtime.all_reduce_sum([loss_sum, batches, hits, scored], rt)
+        out[f"{split}_loss"], out[f"{split}_acc"] = loss_sum / batches, hits / max(scored, 1)
     model.train()
     return out
 
@@ -105,7 +108,7 @@ def gather_rng(rt: runtime.Runtime) -> list:
     return states
 
 
-def build_or_resume(cfg: Config, data: TokenDataset, rt: runtime.Runtime):
+def build_or_resume(cfg: Config, data, rt: runtime.Runtime):
     """(model, checkpoint state or None). Never overwrites an earlier run by accident."""
     out_dir, init = Path(cfg.train.out_dir), cfg.train.init_from
     if init == "auto":
@@ -147,7 +150,7 @@ def _train(cfg: Config, rt: runtime.Runtime) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     n_micro = local_micro_batches(cfg, rt)
-    data = TokenDataset(cfg.data.data_dir, cfg.data.dataset)
+    data = open_dataset(cfg.data)
     resolve_vocab(cfg, data.vocab_size)
     data.check_block_size(cfg.model.block_size)
     out_dir = Path(cfg.train.out_dir)
