@@ -182,14 +182,33 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_toml(path: str | Path) -> dict:
+def deep_merge(base: dict, top: dict) -> dict:
+    """base with top's keys laid over it, tables merged key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
+def load_toml(path: str | Path, _seen: tuple = ()) -> dict:
+    """A TOML config. A top-level `base = "other.toml"` (relative to this file) is loaded first and
+    this file's keys are laid over it, so shared training settings live in one place."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; the ready-made ones are in configs/")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path} is its own base (base = ... chain: {' -> '.join(map(str, _seen))})")
     try:
-        return tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a file name, got {base!r}")
+    return deep_merge(load_toml(path.parent / base, _seen + (path.resolve(),)), data)
 
 
 def from_dict(data: dict) -> Config:

@@ -67,3 +67,14 @@ def test_every_shipped_config_validates():
     assert paths
     for path in paths:
         load_config(path)
+
+
+def test_base_file_is_laid_under_the_config_and_cycles_are_refused(tmp_path):
+    (tmp_path / "base.toml").write_text('[train]\nmax_iters = 7\nbatch_size = 3\n[optim]\nlr = 1e-3\n')
+    (tmp_path / "run.toml").write_text('base = "base.toml"\n[train]\nbatch_size = 5\n')
+    cfg = load_config(tmp_path / "run.toml", ["--optim.lr=2e-3"])
+    assert (cfg.train.max_iters, cfg.train.batch_size, cfg.optim.lr) == (7, 5, 2e-3)
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n')
+    with pytest.raises(ConfigError, match="its own base"):
+        load_config(tmp_path / "a.toml")
