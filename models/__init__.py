@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from config import ConfigError
 from models.gpt import GPT, GPTConfig
+from models.image_lm import ImageAttnChainConfig, ImageAttnConfig, ImageLM, ImageSumChainConfig, ImageSumConfig
 
 
 class Entry(NamedTuple):
@@ -27,6 +28,16 @@ class Entry(NamedTuple):
 
 MODELS: dict[str, Entry] = {
     "gpt": Entry(GPTConfig, GPT, dict(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32)),
+    # token-to-image models (models/image_lm.py): idea 1 (running sum), idea 2 (attention with image values),
+    # and their chained forms; tiny: 1 warm-up block, 4 x 4 x 4 images, the original 9-conv VGG
+    "image_sum": Entry(ImageSumConfig, ImageLM,
+                       dict(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=32, channels=4, height=4, width=4)),
+    "image_attn": Entry(ImageAttnConfig, ImageLM,
+                       dict(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=32, channels=4, height=4, width=4)),
+    "image_sum_chain": Entry(ImageSumChainConfig, ImageLM,
+                       dict(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=32, channels=4, height=4, width=4)),
+    "image_attn_chain": Entry(ImageAttnChainConfig, ImageLM,
+                       dict(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=32, channels=4, height=4, width=4)),
 }
 
 

@@ -1,0 +1,179 @@
+"""The token-to-image models: FLOP count, chunked CNN, incremental decoder, idea 2's head layout, configs.
+Causality, gradients, overfitting and parameter counts of every model are in test_registry.py."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import models
+from config import ConfigError, from_dict
+from models.image_lm import AttnImages, ImageLM
+
+IMAGE_MODELS = [name for name, entry in models.MODELS.items() if entry.builder is ImageLM]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one intra-op thread; with 2 threads on 2 shared cores the workers'
+    spin-waits made a 12 ms step take ~0.5 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(name: str, seed: int = 0, **overrides) -> ImageLM:
+    torch.manual_seed(seed)
+    return models.build_model(models.tiny_config(name, **overrides))
+
+
+def tokens(cfg, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g)
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_flops_per_token_matches_flop_counter(name: str):
+    """flops_per_token == FlopCounterMode on one forward + backward at T = block_size, exactly.
+
+    Both count matmuls and convolutions only (2 FLOPs per multiply-add). The math SDPA backend is
+    forced so that attention is counted at all: on CPU the fused flash kernel (taken when the head
+    sizes are equal: warm-up and extra attention) has no FLOP formula in FlopCounterMode. Left out by
+    both: elementwise work (running sum, softmax, LayerNorm, GELU, ReLU, biases, pooling), estimated
+    below at well under 1% of the total -- for a conv the bias and ReLU cost 2 FLOPs per output
+    against 2 * 9 * C_in per output for the conv itself.
+    """
+    model = build(name)
+    cfg = model.cfg
+    idx = tokens(cfg)
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        _, loss = model(idx, idx)
+        loss.backward()
+    counted = counter.get_total_flops() / idx.numel()
+    assert counted == pytest.approx(model.flops_per_token(), rel=1e-12)
+
+    D, d, pixels = cfg.channels * cfg.height * cfg.width, cfg.n_embd, cfg.height * cfg.width
+    n_stages = len(model.stages)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.stages[0].reader.modules())
+    elementwise_fwd = n_stages * (D + 3 * convs * 64 * pixels) + 20 * d * (cfg.n_layer + 2) + 5 * cfg.vocab_size
+    assert 3 * elementwise_fwd < 0.01 * model.flops_per_token()
+
+
+@pytest.mark.parametrize("name", ["image_sum", "image_attn_chain"])
+def test_chunked_cnn_equals_unchunked(name: str):
+    """Chunks of 5 images (not a divisor of B*T = 32), with and without checkpointing: same logits
+    and same gradients as the CNN over all B*T images at once (float64)."""
+    ref = build(name).double()
+    idx = tokens(ref.cfg)
+    logits_ref, loss_ref = ref(idx, idx)
+    grads_ref = torch.autograd.grad(loss_ref, list(ref.parameters()))
+    for checkpointed in (False, True):
+        model = build(name, cnn_chunk=5, cnn_checkpoint=checkpointed).double()
+        model.load_state_dict(ref.state_dict())
+        logits, loss = model(idx, idx)
+        torch.testing.assert_close(logits, logits_ref, rtol=1e-12, atol=1e-12)
+        for g, g_ref in zip(torch.autograd.grad(loss, list(model.parameters())), grads_ref):
+            torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_channels_last_equals_default():
+    ref = build("image_sum")
+    model = build("image_sum", channels_last=True)
+    model.load_state_dict(ref.state_dict())
+    idx = tokens(ref.cfg)
+    torch.testing.assert_close(model(idx)[0], ref(idx)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,overrides", [(n, {}) for n in IMAGE_MODELS] + [("image_sum", {"mixer": "mean"})])
+def test_decoder_equals_forward(name: str, overrides: dict):
+    """Prompt of 3 tokens, then one push per token up to block_size: the decoder's logits equal the
+    parallel forward's at every position (float32, 1e-5)."""
+    model = build(name, **overrides).eval()
+    idx = tokens(model.cfg, batch=3, seed=1)
+    with torch.no_grad():
+        full, _ = model(idx)  # (B, T, V)
+    decoder = model.decoder(idx[:, :3])
+    torch.testing.assert_close(decoder.logits, full[:, 2], rtol=1e-5, atol=1e-5)
+    for t in range(3, idx.size(1)):
+        decoder.push(idx[:, t])
+        torch.testing.assert_close(decoder.logits, full[:, t], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="block_size"):
+        decoder.push(idx[:, 0])
+
+
+def test_running_sum_is_the_whole_decoder_state():
+    """Idea 1's mixing state does not grow with the context: one (B, D) running sum per stage."""
+    model = build("image_sum_chain").eval()
+    decoder = model.decoder(tokens(model.cfg)[:, :4])
+    D = model.cfg.channels * model.cfg.height * model.cfg.width
+    for i in range(len(model.stages)):
+        assert decoder.cache[f"stage{i}"].shape == (2, D)
+
+
+def loop_image_heads(mix: AttnImages, x: torch.Tensor, cfg) -> torch.Tensor:
+    """Per channel c: the causal softmax weights of head c // (C / nh), times that channel's values."""
+    B, T, d = x.shape
+    nh, per_head = mix.heads, cfg.channels // mix.heads
+    q, k = mix.c_attn(x).split(d, dim=2)
+    v = mix.paint(x).view(B, T, cfg.channels, cfg.height * cfg.width)  # (B, T, C, H*W)
+    out = torch.empty_like(v)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    for c in range(cfg.channels):
+        h = c // per_head
+        hs = d // nh
+        qh, kh = q[..., h * hs:(h + 1) * hs], k[..., h * hs:(h + 1) * hs]  # (B, T, hs)
+        scores = (qh @ kh.transpose(1, 2) / math.sqrt(hs)).masked_fill(~causal, float("-inf"))
+        out[:, :, c] = scores.softmax(-1) @ v[:, :, c]  # (B, T, H*W)
+    return out.view(B, T, -1)
+
+
+@pytest.mark.parametrize("image_heads", [0, 2, 1])
+def test_image_heads_own_channel_groups(image_heads: int):
+    model = build("image_attn", image_heads=image_heads).double()
+    mix = model.stages[0].mix
+    x = torch.randn(2, model.cfg.block_size, model.cfg.n_embd, dtype=torch.float64)
+    torch.testing.assert_close(mix(x), loop_image_heads(mix, x, model.cfg), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("model_section,message", [
+    ({"name": "image_sum", "image_heads": 2}, "unknown key model.image_heads"),
+    ({"name": "image_attn", "mixer": "mean"}, "unknown key model.mixer"),
+    ({"name": "image_sum", "n_chain": 2}, "unknown key model.n_chain"),
+    ({"name": "image_sum", "mixer": "max"}, "valid choices: sum, mean"),
+    ({"name": "image_attn", "image_heads": 3}, "must divide model.channels"),
+    ({"name": "image_sum_chain", "n_chain": 0}, "n_chain must be positive"),
+    ({"name": "image_attn", "cnn_norm": "batch"}, "unknown cnn_norm"),
+    ({"name": "image_sum", "cnn": "vgg19"}, "unknown cnn"),
+    ({"name": "image_sum", "cnn_chunk": -1}, "cnn_chunk must be >= 0"),
+    ({"name": "image_sum", "channels": 0}, "channels must be positive"),
+])
+def test_config_errors_name_the_key(model_section: dict, message: str):
+    with pytest.raises(ConfigError, match=message):
+        from_dict({"model": model_section})
+
+
+def test_config_files_load_and_build():
+    """Every configs/tiny_image_*.toml builds and runs; the owt_* files build (on the meta device: no
+    memory) with the original study's data and shapes."""
+    from pathlib import Path
+
+    from config import load_config
+    root = Path(__file__).resolve().parent.parent / "configs"
+    tiny = sorted(root.glob("tiny_image_*.toml"))
+    assert {p.stem.removeprefix("tiny_") for p in tiny} == set(IMAGE_MODELS)
+    for path in tiny:
+        cfg = load_config(path, ["--model.vocab_size=64"]).model  # train.py fills it in from the dataset
+        logits, _ = models.build_model(cfg)(tokens(cfg, batch=1))
+        assert logits.shape == (1, cfg.block_size, 64)
+    owt = sorted(root.glob("owt_idea*.toml"))
+    assert len(owt) == 6
+    for path in owt:
+        cfg = load_config(path, ["--model.vocab_size=50304"])
+        assert cfg.data.dataset == "openwebtext" and cfg.model.block_size == 1024
+        with torch.device("meta"):
+            model = models.build_model(cfg.model)
+        assert model.flops_per_token() > 3 * 0.6e9  # at least the VGG's 0.6 GFLOP forward, x3 for training

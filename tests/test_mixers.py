@@ -1,0 +1,120 @@
+"""The vectorised causal mixers equal plain sequential references, gradients included (float64)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.mixers import causal_cumsum, image_value_attention
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one intra-op thread; with 2 threads on 2 shared cores the workers'
+    spin-waits made a 12 ms step take ~0.5 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def loop_cumsum(a: torch.Tensor, mean: bool = False) -> torch.Tensor:
+    """The original study's loop over the time axis (on a clone), optionally divided by t + 1."""
+    act = a.clone()
+    for i in range(1, act.size(1)):
+        act[:, i] += act[:, i - 1]
+    if mean:
+        act = torch.stack([act[:, t] / (t + 1) for t in range(act.size(1))], dim=1)
+    return act
+
+
+def loop_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """For each t: softmax over s <= t of q_t . k_s / sqrt(hs), then the weighted sum of v_s."""
+    hs, T = q.size(-1), q.size(2)
+    out = []
+    for t in range(T):
+        scores = torch.einsum("bhd,bhsd->bhs", q[:, :, t], k[:, :, : t + 1]) / math.sqrt(hs)  # (B, nh, t+1)
+        out.append(torch.einsum("bhs,bhsd->bhd", scores.softmax(-1), v[:, :, : t + 1]))      # (B, nh, Dv)
+    return torch.stack(out, dim=2)  # (B, nh, T, Dv)
+
+
+def grads(fn, inputs: tuple[torch.Tensor, ...], weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Gradients of a random weighted sum of fn's outputs with respect to every input."""
+    leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = fn(*leaves)
+    return (out.detach(), *torch.autograd.grad((out * weight).sum(), leaves))
+
+
+@pytest.mark.parametrize("mean", [False, True])
+@pytest.mark.parametrize("shape", [(2, 13, 5), (3, 7, 2, 3, 3)])  # vectors, and images (C, H, W)
+def test_cumsum_equals_loop_with_gradients(mean: bool, shape: tuple[int, ...]):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(shape, generator=g, dtype=torch.float64)
+    w = torch.randn(shape, generator=g, dtype=torch.float64)
+    ours = grads(lambda x: causal_cumsum(x, mean=mean), (a,), w)
+    ref = grads(lambda x: loop_cumsum(x, mean=mean), (a,), w)
+    for x, y in zip(ours, ref):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+def test_cumsum_is_causal_and_keeps_dtype():
+    a = torch.randn(2, 9, 4, dtype=torch.float64)
+    b = a.clone()
+    b[:, 5:] = torch.randn(2, 4, 4, dtype=torch.float64)
+    assert torch.equal(causal_cumsum(a)[:, :5], causal_cumsum(b)[:, :5])
+    assert causal_cumsum(a.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("mean", [False, True])
+def test_cumsum_bf16_accumulates_in_float32(mean: bool):
+    """bf16 input at T = 1024: only the final rounding to bf16 remains.
+
+    Reference: the exact running sum of the same bf16 values, in float64. Bound per element:
+    the bf16 cast of the result errs by at most a half-ulp, 2^-8 relative (8 significant bits);
+    float32 accumulation adds at most T * 2^-24 * sum|a_s| (a standard bound, here ~1e-4 of the
+    partial sums of |a|). A bf16 accumulation would round at each of the 1024 steps and fails this
+    bound, which the test checks too, so it proves that the float32 path is taken.
+    """
+    g = torch.Generator().manual_seed(0)
+    T = 1024
+    a = torch.randn(2, T, 64, generator=g).to(torch.bfloat16)
+    ref = loop_cumsum(a.double(), mean=mean)            # exact: bf16 values are exact in float64
+    abs_sum = loop_cumsum(a.double().abs(), mean=mean)
+    bound = 2.0 ** -8 * ref.abs() + T * 2.0 ** -24 * abs_sum * 2  # x2: slack, and the cast of that error
+    out = causal_cumsum(a, mean=mean)
+    assert out.dtype == torch.bfloat16
+    assert ((out.double() - ref).abs() <= bound).all()
+    naive = loop_cumsum(a, mean=mean)  # the original loop in bf16 rounds at every step
+    assert ((naive.double() - ref).abs() > bound).any()
+
+
+def test_cumsum_bf16_under_autocast():
+    a = torch.randn(1, 256, 8).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = causal_cumsum(a)
+    torch.testing.assert_close(out.double(), torch.cumsum(a.double(), 1), rtol=2.0 ** -8, atol=1e-3)
+
+
+@pytest.mark.parametrize("hs,dv", [(4, 4), (3, 2 * 5 * 5)])  # equal sizes, and image values (Dv >> hs)
+def test_image_value_attention_equals_loop_with_gradients(hs: int, dv: int):
+    g = torch.Generator().manual_seed(0)
+    B, nh, T = 2, 3, 11
+    q, k = (torch.randn(B, nh, T, hs, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, nh, T, dv, generator=g, dtype=torch.float64)
+    w = torch.randn(B, nh, T, dv, generator=g, dtype=torch.float64)
+    ours = grads(image_value_attention, (q, k, v), w)
+    ref = grads(loop_attention, (q, k, v), w)
+    assert ours[0].shape == (B, nh, T, dv)
+    for x, y in zip(ours, ref):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_image_value_attention_is_causal():
+    """Changing keys and values after t leaves outputs up to t unchanged. (Not NaN: the fused kernel
+    multiplies masked weights, exact zeros, by the future values, and 0 * NaN is NaN.)"""
+    q, k, v = torch.randn(2, 2, 8, 4), torch.randn(2, 2, 8, 4), torch.randn(2, 2, 8, 20)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 6:], v2[:, :, 6:] = 1e3 * torch.randn(2, 2, 2, 4), 1e3 * torch.randn(2, 2, 2, 20)
+    out, out2 = image_value_attention(q, k, v), image_value_attention(q, k2, v2)
+    assert torch.equal(out[:, :, :6], out2[:, :, :6])
