@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from data.tokenizer import sha256_file
+
 MANIFEST = "ckpt.json"
 KEEP = 2  # the newest checkpoint plus one fallback in case it turns out unreadable
 
@@ -92,14 +94,6 @@ def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> Path:
     for old in entries[KEEP:]:
         (out_dir / old["file"]).unlink(missing_ok=True)
     return path
-
-
-def sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def _load_file(path: Path, map_location) -> dict:

@@ -18,14 +18,6 @@ ALL_CASES = OWN_CASES + [(n, norm, "end") for n in TV for norm in NORMS]
 OUT_FEATURES = {"vgg": 64, "vgg_wide": 256, "resnet": 64, "tv:resnet18": 512, "tv:mobilenet_v3_small": 576}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These convs are tiny: on 2 shared, busy cores, two intra-op threads that wait on each other made this
-    # file ~9x slower (225 s against 25 s). Restored afterwards for the other test files.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def case_id(case):

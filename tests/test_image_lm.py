@@ -16,14 +16,6 @@ from models.image_lm import AttnImages, ImageLM
 IMAGE_MODELS = [name for name, entry in models.MODELS.items() if entry.builder is ImageLM]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one intra-op thread; with 2 threads on 2 shared cores the workers'
-    spin-waits made a 12 ms step take ~0.5 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(name: str, seed: int = 0, **overrides) -> ImageLM:

@@ -9,14 +9,6 @@ import torch
 from models.mixers import causal_cumsum, image_value_attention
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one intra-op thread; with 2 threads on 2 shared cores the workers'
-    spin-waits made a 12 ms step take ~0.5 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def loop_cumsum(a: torch.Tensor, mean: bool = False) -> torch.Tensor:
