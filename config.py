@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -124,7 +125,13 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if typ is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                raise ConfigError(f"{key} = {value} is too large for a number") from None
+            if not math.isfinite(number):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            return number
         raise ConfigError(f"{key} must be a number, got {value!r}")
     if typ is str:
         if isinstance(value, str):
@@ -162,7 +169,7 @@ def parse_value(text: str) -> Any:
     """A CLI value: TOML syntax when it parses (1e-3, true, [1, 2], "x"), else the raw string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # TOMLDecodeError, ints over 4300 digits, deep nesting
         return text
 
 
@@ -200,8 +207,8 @@ def load_toml(path: str | Path, _seen: tuple = ()) -> dict:
     if path.resolve() in _seen:
         raise ConfigError(f"{path} is its own base (base = ... chain: {' -> '.join(map(str, _seen))})")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # TOMLDecodeError, UnicodeDecodeError, int limits, deep nesting
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     base = data.pop("base", None)
     if base is None:
@@ -216,9 +223,12 @@ def from_dict(data: dict) -> Config:
     from models import config_class  # the registry owns the per-model schemas
 
     data = dict(data)
-    model_data = dict(data.pop("model", {}) or {})
+    model_data = data.pop("model", None) or {}
     if not isinstance(model_data, dict):
-        raise ConfigError("[model] must be a table of keys")
+        raise ConfigError(f"[model] must be a table of keys, got {model_data!r}")
+    model_data = dict(model_data)
+    if not isinstance(model_data.get("name", "gpt"), str):
+        raise ConfigError(f"model.name must be a string, got {model_data['name']!r}")
     cfg = build(Config, data)
     cfg.model = build(config_class(model_data.get("name", "gpt")), model_data, "model.")
     validate(cfg)
@@ -241,11 +251,23 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"give one budget, not {' and '.join('train.' + k for k in budgets)}")
     if any(getattr(t, k) < 0 for k in budgets):
         raise ConfigError(f"train.{budgets[0]} must be positive")
+    if not 0 <= t.seed < 2 ** 63:
+        raise ConfigError(f"train.seed must be in [0, 2**63), got {t.seed}")
+    for key in ("threads", "max_rollbacks"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
+    if t.spike_factor < 0:
+        raise ConfigError(f"train.spike_factor must be >= 0 (0 disables spike detection), got {t.spike_factor}")
     if t.eval_interval < 0 or t.n_evals < 0:
         raise ConfigError("train.eval_interval and train.n_evals must be >= 0 (0 evaluates only at the end)")
     o = cfg.optim
     if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
         raise ConfigError(f"need 0 <= optim.min_lr <= optim.lr and optim.lr > 0, got lr={o.lr}, min_lr={o.min_lr}")
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(o, key) < 1:
+            raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     if o.warmup_iters < 0 or o.lr_decay_iters < 0 or o.grad_clip < 0:
         raise ConfigError("optim.warmup_iters, optim.lr_decay_iters and optim.grad_clip must be >= 0")
     if hasattr(cfg.model, "validate"):

@@ -235,11 +235,13 @@ def _train(cfg: Config, rt: runtime.Runtime) -> dict:
             prev_fraction = budget.fraction(step, run["time_s"])
             run.update(step=step + 1, time_s=time_s)
             record = {"loss": loss}
-            if budget.eval_due(step + 1, time_s, prev_fraction) or stopping:
+            evaluating = budget.eval_due(step + 1, time_s, prev_fraction) or stopping
+            if evaluating:
                 record.update(evaluate(model, data, cfg, rt))
-                checkpoint()
-            if len(record) > 1 or (step + 1) % cfg.train.log_interval == 0:
+            if evaluating or (step + 1) % cfg.train.log_interval == 0:
                 log.write(step + 1, lr=lr, time_s=time_s, **record)
+            if evaluating:  # after the line: a checkpoint at step s implies metrics.jsonl holds step s
+                checkpoint()
             if stopping:
                 log.close()
                 raise Preempted(stop.signum or signal.SIGTERM, step + 1)

@@ -26,11 +26,19 @@ def load_meta(folder: Path) -> dict:
     if not path.is_file():
         raise DataError(f"dataset {folder.name!r} is not prepared ({path} is missing); run: "
                         f"python data/prepare.py {folder.name}")
+    redo = f"prepare the dataset again: python data/prepare.py {folder.name}"
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e}); prepare the dataset again: "
-                        f"python data/prepare.py {folder.name}") from None
+        raise DataError(f"{path} is not valid JSON ({e}); {redo}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} is not a JSON object; {redo}")
+    vocab = meta.get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
+        raise DataError(f"{path}: vocab_size must be a positive integer, got {vocab!r}; {redo}")
+    if meta.get("dtype", "uint16") not in ("uint16", "uint32"):
+        raise DataError(f"{path}: dtype must be uint16 or uint32, got {meta.get('dtype')!r}; {redo}")
+    return meta
 
 
 def open_split(folder: Path, split: str, meta: dict) -> np.ndarray:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,15 @@ class _HashingWriter:
     """File-like object that hashes bytes as torch.save streams them to disk."""
 
     def __init__(self, f):
-        self.f, self.sha = f, hashlib.sha256()
+        self.f, self.sha, self.error = f, hashlib.sha256(), None
 
     def write(self, b) -> int:
         self.sha.update(b)
-        return self.f.write(b)
+        try:
+            return self.f.write(b)
+        except OSError as e:  # torch's C++ writer re-raises it as a RuntimeError: keep the real one
+            self.error = e
+            raise
 
     def flush(self) -> None:
         self.f.flush()
@@ -52,11 +58,15 @@ def _fsync_dir(folder: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -66,7 +76,10 @@ def read_manifest(out_dir: Path) -> list[dict]:
         return []
     try:
         entries = json.loads(path.read_text())["checkpoints"]
-        return [e for e in entries if isinstance(e, dict) and {"file", "sha256", "step"} <= e.keys()]
+        # only our own file names: a damaged or foreign manifest must not point outside out_dir
+        return [e for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str)
+                and re.fullmatch(r"ckpt_\d+\.pt", e["file"]) and isinstance(e.get("sha256"), str)
+                and isinstance(e.get("step"), int)]
     except (json.JSONDecodeError, KeyError, TypeError):
         return []  # an unreadable manifest is treated like none: fall back to scanning files
 
@@ -80,7 +93,12 @@ def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> Path:
     try:
         with open(tmp, "wb") as f:
             writer = _HashingWriter(f)
-            torch.save(state, writer)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is not None:  # e.g. ENOSPC, which train.py tolerates
+                    raise writer.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -90,7 +108,11 @@ def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> Path:
     _fsync_dir(out_dir)
     entries = [e for e in read_manifest(out_dir) if e["file"] != path.name]
     entries = [{"file": path.name, "sha256": writer.sha.hexdigest(), "step": state["step"]}] + entries
-    atomic_write_text(out_dir / MANIFEST, json.dumps({"checkpoints": entries[:KEEP]}, indent=1) + "\n")
+    try:
+        atomic_write_text(out_dir / MANIFEST, json.dumps({"checkpoints": entries[:KEEP]}, indent=1) + "\n")
+    except BaseException:
+        path.unlink(missing_ok=True)  # named by no manifest: nothing would ever delete it
+        raise
     for old in entries[KEEP:]:
         (out_dir / old["file"]).unlink(missing_ok=True)
     return path
@@ -119,8 +141,12 @@ def load_checkpoint(out_dir: str | Path, map_location="cpu", *, log=print) -> di
             continue
         try:
             state = _load_file(path, map_location)
-        except Exception as e:  # a damaged zip or a foreign pickle: report it and try the next one
-            problems.append(f"{path.name}: unreadable ({type(e).__name__}: {e})")
+        except pickle.UnpicklingError:  # weights_only refused a global: tampered or foreign
+            problems.append(f"{path.name}: refused, it holds Python objects besides tensors (tampered or foreign; "
+                            f"do not load it with weights_only=False)")
+            continue
+        except Exception as e:  # a damaged zip: report it and try the next one
+            problems.append(f"{path.name}: unreadable ({type(e).__name__}: {str(e).strip().splitlines()[0]})")
             continue
         if problems:
             log(f"warning: skipped bad checkpoint(s) in {out_dir}: {'; '.join(problems)}; using {path.name}")

@@ -19,7 +19,8 @@ GPU_PEAK_BF16 = [
 @functools.cache
 def cpu_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
     """Measured float32 matmul rate of this CPU (FLOP/s), the CPU's stand-in for a datasheet peak."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    g = torch.Generator().manual_seed(0)  # a private generator: the global one belongs to training (dropout)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     a @ b  # warm-up: thread pool start, page faults
     best = float("inf")
     for _ in range(repeats):

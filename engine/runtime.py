@@ -49,6 +49,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"train.device = {name!r}; valid: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"train.device = {name!r}; valid: auto, cpu, cuda, cuda:N, mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device asks for CUDA but no GPU is visible; use --train.device=auto or cpu")
     if device.type == "cuda" and device.index is None:

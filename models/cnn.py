@@ -100,7 +100,7 @@ def norm_layer(norm: str, channels: int) -> nn.Module:
         return nn.GroupNorm(1, channels)
     if norm == "none":
         return ChannelBias(channels)
-    raise ConfigError(f"unknown cnn_norm {norm!r}; choose one of {', '.join(NORMS)}")
+    raise ConfigError(f"model.cnn_norm: unknown cnn_norm {norm!r}; choose one of {', '.join(NORMS)}")
 
 
 class CNN(nn.Module):
@@ -278,10 +278,10 @@ def _remove_classifier(model: nn.Module, name: str) -> int:
 def validate_cnn(name: str, norm: str = "none", pool: str = "end") -> None:
     """Raise ConfigError unless build_cnn(name, ..., norm=norm, pool=pool) is a valid choice (builds nothing)."""
     if norm not in NORMS:
-        raise ConfigError(f"unknown cnn_norm {norm!r}; choose one of {', '.join(NORMS)} (no BatchNorm: it "
+        raise ConfigError(f"model.cnn_norm: unknown cnn_norm {norm!r}; choose one of {', '.join(NORMS)} (no BatchNorm: it "
                           "shares statistics across the token images of a batch, which breaks causality)")
     if pool not in POOLS:
-        raise ConfigError(f"unknown cnn_pool {pool!r}; choose one of {', '.join(POOLS)}")
+        raise ConfigError(f"model.cnn_pool: unknown cnn_pool {pool!r}; choose one of {', '.join(POOLS)}")
     if name.startswith(TV_PREFIX):
         tv = name[len(TV_PREFIX):]
         known = torchvision.models.list_models(module=torchvision.models)
@@ -295,7 +295,7 @@ def validate_cnn(name: str, norm: str = "none", pool: str = "end") -> None:
             raise ConfigError(f"cnn_pool {pool!r} applies to {', '.join(CNN_NAMES)}; torchvision backbones "
                               "downsample on their own: use cnn_pool 'end'")
     elif name not in CNN_NAMES:
-        raise ConfigError(f"unknown cnn {name!r}; choose one of {', '.join(CNN_NAMES)}, "
+        raise ConfigError(f"model.cnn: unknown cnn {name!r}; choose one of {', '.join(CNN_NAMES)}, "
                           f"or {TV_PREFIX}<name> for a torchvision backbone (e.g. {TV_PREFIX}resnet18)")
 
 
