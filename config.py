@@ -54,6 +54,8 @@ class TrainConfig:
     eval_interval: int = 250           # evaluate (and checkpoint) every this many steps; 0: only at the end
     n_evals: int = 0                   # > 0: evaluate at n_evals even fractions of the budget instead
     eval_iters: int = 20               # batches per split per evaluation
+    eval_batch_size: int = 0           # sequences per evaluation batch; 0: batch_size. Fix it to compare runs
+                                       # with different batch sizes on exactly the same validation windows
     log_interval: int = 10
     checkpoint: bool = True            # write out_dir/ckpt.pt at every evaluation
     seed: int = 1337
@@ -258,6 +260,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
     if t.spike_factor < 0:
         raise ConfigError(f"train.spike_factor must be >= 0 (0 disables spike detection), got {t.spike_factor}")
+    if t.eval_batch_size < 0:
+        raise ConfigError(f"train.eval_batch_size must be >= 0 (0: train.batch_size), got {t.eval_batch_size}")
     if t.eval_interval < 0 or t.n_evals < 0:
         raise ConfigError("train.eval_interval and train.n_evals must be >= 0 (0 evaluates only at the end)")
     o = cfg.optim

@@ -32,9 +32,14 @@ from engine.runlog import MetricsLog, run_record
 from models import build_model
 from models.hf_gpt2 import HFLoadError
 
-# Evaluation draws its batches with this step number, one no training run reaches: the same windows
-# at every evaluation (comparable points on a curve), and never the windows of a training step.
-EVAL_STEP = 2 ** 40
+# Evaluation windows come from a fixed seed and a step number no training run reaches: every
+# evaluation of every run (any model, any training seed) scores the same windows, which are never
+# the windows of a training step. Comparisons across arms and seeds are then paired.
+EVAL_SEED, EVAL_STEP = 0, 2 ** 40
+
+
+def eval_batch(data, split: str, i: int, batch_size: int, block_size: int):
+    return data.batch(split, batch_size, block_size, seed=EVAL_SEED, step=EVAL_STEP, micro=i)
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -84,8 +89,8 @@ def evaluate(model, data, cfg: Config, rt: runtime.Runtime) -> dict[str, float]:
     for split in ("train", "val"):
         loss_sum, batches, hits, scored = 0.0, 0, 0, 0
         for i in range(rt.rank, cfg.train.eval_iters, rt.world_size):
-            x, y = data.batch(split, cfg.train.batch_size, cfg.model.block_size,
-                              seed=cfg.train.seed, step=EVAL_STEP, micro=i)
+            x, y = eval_batch(data, split, i, cfg.train.eval_batch_size or cfg.train.batch_size,
+                              cfg.model.block_size)
             x, y = x.to(rt.device), y.to(rt.device)
             with rt.autocast():
                 logits, loss = model(x, y)

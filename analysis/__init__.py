@@ -1,0 +1,2 @@
+"""The study runner's pieces: the study file schema (spec), reading finished runs (results), the plots
+and the report. study.py at the repository root is the entry point."""

@@ -1,0 +1,108 @@
+"""The report's model outputs: a decoded sample per arm and the pretrained GPT-2 reference loss.
+
+Both are cached in OUT/cache.json under a key made of everything they depend on (the checkpoint's
+sha256, the sampling settings, the evaluation windows), so rerunning a finished study neither
+recomputes them nor changes a character of the report.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from analysis.results import RunResult
+from analysis.spec import SampleSpec, in_root
+
+
+class Cache:
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, key: dict):
+        return self.data.get(json.dumps(key, sort_keys=True))
+
+    def put(self, key: dict, value) -> None:
+        self.data[json.dumps(key, sort_keys=True)] = value
+        self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+
+
+def dataset_folder(config: dict) -> Path:
+    return in_root(config["data"]["data_dir"]) / config["data"]["dataset"]
+
+
+def val_prefix(config: dict, n: int) -> list[int]:
+    """The first n ids of the validation split: a real document start, the same for every arm."""
+    from data.loader import load_meta, open_split
+    folder = dataset_folder(config)
+    return [int(i) for i in open_split(folder, "val", load_meta(folder))[:n]]
+
+
+def sample_text(run: RunResult, s: SampleSpec, cache: Cache) -> tuple[str, str]:
+    """(prompt, continuation) decoded from the run's newest checkpoint; on the CPU, so it is
+    reproducible on any machine (GPU kernels may differ in the last bits and flip a draw)."""
+    from data.tokenizer import load_tokenizer
+    from engine.checkpoint import load_for_inference, read_manifest
+    from sampling import generate
+
+    manifest = read_manifest(run.path)
+    key = {"kind": "sample", "ckpt": manifest[0]["sha256"] if manifest else str(run.path), **vars(s)}
+    if (hit := cache.get(key)) is not None:
+        return tuple(hit)
+    model, cfg, meta = load_for_inference(str(run.path), "cpu")
+    tok = load_tokenizer(meta)
+    ids = tok.encode(s.prompt) if s.prompt else val_prefix(run.config, s.prompt_tokens)
+    gen = torch.Generator().manual_seed(s.seed)
+    out = generate(model, torch.tensor([ids], dtype=torch.long), s.max_new_tokens, temperature=s.temperature,
+                   top_k=s.top_k, generator=gen, vocab_size=tok.vocab_size)[0].tolist()
+    pair = (tok.decode(ids), tok.decode(out[len(ids):]))
+    cache.put(key, list(pair))
+    return pair
+
+
+def load_gpt2_quietly() -> tuple[object | None, str]:
+    """(GPT-2 124M or None, why not). Offline, only the local Hugging Face cache is tried, so this
+    never waits on a network that is not there."""
+    from eval import offline_unless_hub_reachable
+    offline_unless_hub_reachable()
+    from models.hf_gpt2 import HFLoadError, load_hf_gpt2
+    try:
+        return load_hf_gpt2("gpt2").eval(), ""
+    except (HFLoadError, OSError, ImportError) as e:
+        return None, str(e).split(". ")[0].split("\n")[0]
+
+
+def gpt2_reference(run: RunResult, cache: Cache) -> tuple[dict | None, str]:
+    """Pretrained GPT-2 (124M) scored on exactly the validation windows train.py scores this run on
+    (its seed, batch size, eval_iters, block_size): ({loss, tokens, block_size}, "") or (None, why)."""
+    from data.loader import TokenDataset
+    from eval import score_batch
+    from train import eval_batch
+
+    c = run.config
+    meta = json.loads((dataset_folder(c) / "meta.json").read_text())
+    if meta.get("tokenizer") != "gpt2":
+        return None, f"the dataset is tokenized with {meta.get('tokenizer')!r}, not GPT-2 BPE"
+    t, T = c["train"], c["model"]["block_size"]
+    if T > 1024:
+        return None, f"block_size {T} exceeds GPT-2's 1024 positions"
+    key = {"kind": "gpt2", "dataset": c["data"]["dataset"], "val_tokens": meta.get("val_tokens"), "block_size": T,
+           "batch_size": t.get("eval_batch_size") or t["batch_size"], "eval_iters": t["eval_iters"]}
+    if (hit := cache.get(key)) is not None:
+        return hit, ""
+    model, why = load_gpt2_quietly()
+    if model is None:
+        return None, why
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    data = TokenDataset(in_root(c["data"]["data_dir"]), c["data"]["dataset"])
+    total, count = 0.0, 0
+    for i in range(t["eval_iters"]):  # train.py's evaluate(): the same windows for every evaluation
+        x, y = eval_batch(data, "val", i, t.get("eval_batch_size") or t["batch_size"], T)
+        total, count = total + score_batch(model, x.to(device), y.to(device)), count + y.numel()
+    value = {"loss": total / count, "tokens": count, "block_size": T,
+             "parameters": int(sum(p.numel() for p in model.parameters()))}
+    cache.put(key, value)
+    return value, ""
+
