@@ -22,11 +22,7 @@ setup() {
 case "${1:-}" in
   study)
     setup; shift
-    if [ -f study.py ]; then exec .venv/bin/python study.py "$@"; fi
-    # Until the study runner lands: prepare the embedded corpus, train a tiny GPT on the CPU, sample.
-    .venv/bin/python data/prepare.py shakespeare_char
-    .venv/bin/python train.py configs/shakespeare_char_cpu.toml --train.init_from=auto "$@"
-    .venv/bin/python sample.py --out_dir=out/shakespeare_char_cpu --num_samples=1 --max_new_tokens=300 ;;
+    exec .venv/bin/python study.py "$@" ;;
   test)
     setup; shift
     exec .venv/bin/python -m pytest "$@" ;;
