@@ -117,31 +117,43 @@ def launcher() -> list[str]:
     return [sys.executable]
 
 
+def unprepared(cfg: Config) -> bool:
+    """A dataset to prepare first: no meta.json, and not a synthetic task (generated on the fly)."""
+    from data.loader import SYNTHETIC_TASKS
+    return cfg.data.dataset not in SYNTHETIC_TASKS and not (in_root(cfg.data.data_dir) / cfg.data.dataset /
+                                                            "meta.json").is_file()
+
+
 def prepare_data(configs: dict[str, Config], dry_run: bool) -> None:
-    """data/prepare.py for each dataset the arms read that is not prepared yet (no meta.json)."""
-    for data_dir, name in sorted({(c.data.data_dir, c.data.dataset) for c in configs.values()}):
-        if (in_root(data_dir) / name / "meta.json").is_file():
-            continue
+    """data/prepare.py for each dataset the arms read that is not prepared yet."""
+    todo = {(c.data.data_dir, c.data.dataset) for c in configs.values() if unprepared(c)}
+    for data_dir, name in sorted(todo):
         cmd = [sys.executable, "data/prepare.py", name, "--out_root", rel(in_root(data_dir))]
         print(shlex.join(cmd), flush=True)
         if not dry_run and subprocess.run(cmd, cwd=ROOT).returncode != 0:
             raise StudyError(f"preparing dataset {name} failed (see above); fix it and rerun the study")
 
 
-def preflight(configs: dict[str, Config]) -> None:
+def preflight(configs: dict[str, Config], dry_run: bool) -> None:
     """Print each arm's budget in steps as train.py will compute it (engine.budget.Budget), so that a
-    budget too small for an arm (e.g. not past its warm-up) fails now, not after the arms before it."""
+    budget too small for an arm (e.g. not past its warm-up), or a block_size too small for its task,
+    fails now, not after the arms before it."""
     import torch
+    from data.loader import DataError, open_dataset
     from engine.budget import Budget
     from models import build_model
     from train import padded_vocab
     for name, cfg in configs.items():
         model_cfg = dataclasses.replace(cfg.model)
-        meta = in_root(cfg.data.data_dir) / cfg.data.dataset / "meta.json"
+        if not (dry_run and unprepared(cfg)):  # a dry run may come before the data is prepared
+            try:
+                data = open_dataset(cfg.data)  # a prepared folder or a synthetic task: both know their vocabulary
+                data.check_block_size(cfg.model.block_size)
+            except DataError as e:
+                raise ConfigError(f"arm {name}: {e}") from None
+            model_cfg.vocab_size = model_cfg.vocab_size or padded_vocab(data.vocab_size)
         if model_cfg.vocab_size == 0:
-            if not meta.is_file():
-                continue  # a dry run before the data is prepared
-            model_cfg.vocab_size = padded_vocab(json.loads(meta.read_text())["vocab_size"])
+            continue  # nothing to size the vocabulary from yet
         with torch.device("meta"):  # shapes only: no memory, no time, even for GPT-2 sizes
             flops_per_token = build_model(model_cfg).flops_per_token()
         tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
@@ -211,7 +223,8 @@ def execute(run: Run, prefix: str, cmd: list[str]) -> None:
                          f"({run.out_dir / 'stderr.log'}):\n{tail(run.out_dir / 'stderr.log', STDERR_TAIL)}\n"
                          f"fix the cause and rerun the same command: finished runs are kept, this one resumes")
     result = json.loads((run.out_dir / "result.json").read_text())
-    print(f"{prefix} trained in {time.time() - t0:.0f} s: val loss {result['val_loss']:.4f} "
+    acc = f", val acc {result['val_acc']:.4f}" if result.get("val_acc") is not None else ""
+    print(f"{prefix} trained in {time.time() - t0:.0f} s: val loss {result['val_loss']:.4f}{acc} "
           f"after {result['step']} steps", flush=True)
 
 
@@ -237,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             check_same_settings(run)
         chosen = {a: c for a, c in configs.items() if not args.only or a in args.only}
         prepare_data(chosen, args.dry_run)
-        preflight(chosen)
+        preflight(chosen, args.dry_run)
         cmd = launcher()
         for i, run in enumerate(runs, 1):
             prefix = f"[{i}/{len(runs)}] {run.label}:"

@@ -273,7 +273,8 @@ def write_result(out_dir: Path, last: dict, model, flops_per_token: float, rt: r
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     mean_rate = last["tokens"] / last["time_s"] if last.get("time_s") else None
     peak = peak_flops(rt.device)
-    result = {key: last.get(key) for key in ("step", "tokens", "flops", "time_s", "val_loss", "train_loss")}
+    result = {key: last.get(key) for key in ("step", "tokens", "flops", "time_s", "val_loss", "train_loss",
+                                             "val_acc", "train_acc")}
     result.update(parameters=sum(p.numel() for p in model.parameters()), flops_per_token=flops_per_token,
                   tokens_per_s=mean_rate, peak_memory_bytes=memory,
                   mfu=mean_rate * flops_per_token / (peak * rt.world_size) if mean_rate and peak else None)

@@ -76,11 +76,13 @@ def load_gpt2_quietly() -> tuple[object | None, str]:
 def gpt2_reference(run: RunResult, cache: Cache) -> tuple[dict | None, str]:
     """Pretrained GPT-2 (124M) scored on exactly the validation windows train.py scores this run on
     (its seed, batch size, eval_iters, block_size): ({loss, tokens, block_size}, "") or (None, why)."""
-    from data.loader import TokenDataset
+    from data.loader import SYNTHETIC_TASKS, TokenDataset
     from eval import score_batch
     from train import eval_batch
 
     c = run.config
+    if c["data"]["dataset"] in SYNTHETIC_TASKS:
+        return None, f"the arms train on the synthetic task {c['data']['dataset']!r}, not on text"
     meta = json.loads((dataset_folder(c) / "meta.json").read_text())
     if meta.get("tokenizer") != "gpt2":
         return None, f"the dataset is tokenized with {meta.get('tokenizer')!r}, not GPT-2 BPE"

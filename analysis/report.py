@@ -1,5 +1,6 @@
 """report.md of a study: the table of arms at equal budget, significance against the baseline, the lr
-choice, the plots, decoded samples, hardware and code version, and the study file itself.
+choice, accuracy against difficulty (synthetic tasks), the plots, decoded samples, hardware and code
+version, and the study file itself.
 
 Everything in it is a function of the finished runs and the study file (no dates, cached samples),
 so rerunning a finished study rewrites the same bytes.
@@ -11,9 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from analysis.inference import Cache, gpt2_reference, sample_text
-from analysis.plots import write_plots
+from analysis.plots import plot_sweep, write_plots
 from analysis.results import ArmSummary, mean_std, summarize_arm, welch
 from analysis.spec import BUDGET_KEYS, StudySpec
+from analysis.sweep import DIFFICULTY, WIDTH, Sweep, acc_stats, acc_table, find_sweep, is_synthetic
 
 BUDGET_WORDS = {"flops": "training FLOPs", "time_s": "seconds of training wall-clock (evaluation excluded)",
                 "tokens": "training tokens", "iters": "optimizer steps"}
@@ -28,6 +30,13 @@ def loss_cell(values: list[float]) -> str:
         return "n/a"
     mean, std = mean_std(values)
     return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
+
+
+def acc_cell(arm: ArmSummary) -> str:
+    if not arm.accs:
+        return "n/a"
+    mean, lo, hi = acc_stats(arm)
+    return f"{mean:.4f} ({lo:.4f}–{hi:.4f})" if len(arm.accs) > 1 else f"{mean:.4f}"
 
 
 def p_cell(arm: ArmSummary, base: ArmSummary | None) -> str:
@@ -51,6 +60,7 @@ COLUMNS: list[tuple[str, Callable[[ArmSummary], str]]] = [
     ("FLOPs spent", lambda a: na(a.mean("flops"), lambda v: f"{v:.4g}")),
     ("train time (s)", lambda a: na(a.mean("time_s"), lambda v: f"{v:.1f}")),
     ("final val loss", lambda a: loss_cell(a.finals)),
+    ("final val acc", acc_cell),  # left out when no run has one (runs from before train.py measured it)
     ("tokens/s", lambda a: na(a.mean("tokens_per_s"), lambda v: f"{v:.4g}")),
     ("MFU", lambda a: na(a.mean("mfu"), lambda v: f"{100 * v:.2f}%")),
     ("peak memory (MiB)", lambda a: na(max((r.result.get("peak_memory_bytes") or 0 for r in a.runs), default=None),
@@ -64,18 +74,25 @@ def table(rows: list[list[str]], header: list[str]) -> list[str]:
 
 def results_section(arms: list[ArmSummary], base: ArmSummary | None, ref: tuple[dict | None, str],
                     spec: StudySpec) -> list[str]:
-    header = ["arm", *[c[0] for c in COLUMNS], f"p vs {base.name if base else 'baseline'} (Welch)"]
-    rows = [[a.name, *[fn(a) if a.runs else "not run" for _, fn in COLUMNS], p_cell(a, base)] for a in arms]
+    acc = any(a.accs for a in arms)
+    cols = [c for c in COLUMNS if acc or c[0] != "final val acc"]
+    header = ["arm", *[c[0] for c in cols], f"p vs {base.name if base else 'baseline'} (Welch)"]
+    rows = [[a.name, *[fn(a) if a.runs else "not run" for _, fn in cols], p_cell(a, base)] for a in arms]
     value, why = ref
     if value is not None:
-        rows.append(["pretrained GPT-2 (124M), reference", "—", "—", f"{value['parameters']:,}", *["—"] * 5,
-                     f"{value['loss']:.4f}", "—", "—", "—", "—"])
+        known = {"parameters": f"{value['parameters']:,}", "final val loss": f"{value['loss']:.4f}"}
+        rows.append(["pretrained GPT-2 (124M), reference", *[known.get(c[0], "—") for c in cols], "—"])
     lines = ["## Results at equal budget", ""] + table(rows, header) + [""]
-    lines.append("Numbers are means over seeds (final validation loss: mean ± sample standard deviation); "
-                 "FLOPs are training FLOPs counted by each model's `flops_per_token`; train time excludes "
+    lines.append("Numbers are means over seeds (final validation loss: mean ± sample standard deviation"
+                 + ("; final validation accuracy: mean (min–max)" if acc else "")
+                 + "); FLOPs are training FLOPs counted by each model's `flops_per_token`; train time excludes "
                  "evaluation; peak memory is the largest over seeds (GPU: allocator peak; CPU: process peak RSS). "
                  "The p-value is Welch's two-sided t-test of the arm's final validation losses against the "
                  "baseline's, over seeds (scipy.stats.ttest_ind, equal_var=False).")
+    if acc:
+        lines.append("Accuracy is the share of scored validation tokens whose most likely prediction is right: "
+                     "every next token for text; on synthetic tasks only the scored positions (the copied "
+                     "symbols, the queried values).")
     if spec.reference == "gpt2":
         lines += ["", f"Pretrained GPT-2 reference: {reference_note(value, why)}"]
     return lines + batch_notes(arms) + [""]
@@ -129,7 +146,34 @@ def lr_section(arms: list[ArmSummary]) -> list[str]:
     return lines + table(rows, ["arm", "lr", "mean final val loss", "seeds finished", ""]) + [""]
 
 
+def accuracy_section(sweep: Sweep, study: str, out_dir: Path) -> list[str]:
+    """The accuracy table (a row per model and width, a column per difficulty setting) and a plot of
+    final accuracy against each swept difficulty key, and against width at the centre difficulty."""
+    keys = sweep.swept + ([WIDTH] if sweep.width_swept else [])
+    plots = []
+    for key in keys:
+        name = f"val_acc_vs_{'width' if key == WIDTH else key.split('.', 1)[1]}.png"
+        what = f"{key} ({DIFFICULTY[key]})" if key in DIFFICULTY else f"width ({key})"
+        plot_sweep(sweep.slice(key), what, f"{study}: final validation accuracy vs {what} (bars: min-max "
+                   f"over seeds)", out_dir / name)
+        plots.append(name)
+    centre = ", ".join(f"{k} = {sweep.centre[k]}" for k in [*DIFFICULTY, WIDTH])
+    lines = ["## Accuracy against difficulty", "",
+             f"Final validation accuracy (mean over seeds) of the arms on synthetic tasks, by model and width "
+             f"(rows) and difficulty setting (columns: K = data.task_pairs, T = model.block_size, V = "
+             f"data.task_vocab). The centre is each setting's most common value among the arms ({centre}); a "
+             f"plot along one setting keeps the arms at the centre of the others, the width plot those at the "
+             f"centre difficulty. Settings are read from the runs' config.json.", ""]
+    header, rows = acc_table(sweep)
+    lines += table(rows, header) + [""]
+    return lines + [f"![{p}]({p})" for p in plots] + ([""] if plots else [])
+
+
 def samples_section(arms: list[ArmSummary], spec: StudySpec, cache: Cache) -> list[str]:
+    finished = [a for a in arms if a.runs]
+    if finished and all(is_synthetic(a) for a in finished):
+        return ["## Samples", "", "None: the arms train on synthetic tasks, whose tokens have no text tokenizer "
+                "to decode them; their accuracy is reported above.", ""]
     s = spec.sample
     lines = ["## Samples", "", f"Each arm's run at its reported lr with the first seed, on the CPU: "
              f"temperature {s.temperature}, top-k {s.top_k}, {s.max_new_tokens} new tokens, generator seed {s.seed}, "
@@ -137,6 +181,9 @@ def samples_section(arms: list[ArmSummary], spec: StudySpec, cache: Cache) -> li
              ""]
     for a in arms:
         if not a.runs:
+            continue
+        if is_synthetic(a):
+            lines += [f"**{a.name}**: no sample (a synthetic task: no text tokenizer)", ""]
             continue
         try:
             prompt, text = sample_text(a.runs[0], s, cache)
@@ -191,10 +238,12 @@ def write_report(spec: StudySpec, text: str, model_names: dict[str, str], out_di
         except Exception as e:  # an extra line of the report; never the reason it is missing
             ref = (None, f"failed: {type(e).__name__}: {e}")
     vocab = next((int(a.runs[0].config["model"]["vocab_size"]) for a in arms if a.runs), None)
-    plots = write_plots(arms, vocab, spec.name, out_dir)
+    sweep = find_sweep(arms)
+    plots = write_plots(arms, vocab, spec.name, out_dir, acc=sweep is not None)
     lines = [f"# Study {spec.name}", ""] + ([spec.description, ""] if spec.description else [])
     lines += [budget_line(spec), ""]
     lines += results_section(arms, base, ref, spec) + seeds_section(arms, spec.seeds) + lr_section(arms)
+    lines += accuracy_section(sweep, spec.name, out_dir) if sweep is not None else []
     lines += ["## Curves", ""] + [f"![{p}]({p})" for p in plots] + [""]
     lines += samples_section(arms, spec, cache) + environment_section(arms)
     lines += ["## Study file", "", "```toml", text.rstrip("\n"), "```", ""]

@@ -46,6 +46,20 @@ class ArmSummary:
     def first(self, key: str):
         return self.runs[0].result.get(key) if self.runs else None
 
+    @property
+    def accs(self) -> list[float]:
+        """Final validation accuracy per seed; [] unless every run has one (a run from before accuracy
+        was measured has none, and a mean over some seeds only would mislead)."""
+        values = [final_acc(r) for r in self.runs]
+        return values if values and None not in values else []
+
+
+def final_acc(run: RunResult) -> float | None:
+    """result.json's val_acc, else the last evaluation's (runs finished before train.py copied it into
+    result.json; their last evaluation line is the final one)."""
+    value = run.result.get("val_acc")
+    return value if value is not None or not run.evals else run.evals[-1].get("val_acc")
+
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -96,12 +110,13 @@ def summarize_arm(name: str, by_lr: dict[float, list[tuple[int, Path]]]) -> ArmS
     return ArmSummary(name, lr, sorted(finished[lr], key=lambda r: r.seed), grid if len(grid) > 1 else [])
 
 
-def curve(arm: ArmSummary, x_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """(x mean, val mean, val min, val max) over seeds, point by point. With n_evals the k-th evaluation
-    of every seed falls at the same fraction of the budget, so points are matched by index."""
-    if not arm.runs:
+def curve(arm: ArmSummary, x_key: str, y_key: str = "val_loss") -> tuple[np.ndarray, ...] | None:
+    """(x mean, y mean, y min, y max) over seeds, point by point (None if some evaluation lacks y_key).
+    With n_evals the k-th evaluation of every seed falls at the same fraction of the budget, so points
+    are matched by index."""
+    if not arm.runs or any(y_key not in e for r in arm.runs for e in r.evals):
         return None
     n = min(len(r.evals) for r in arm.runs)
     xs = np.array([[r.evals[i][x_key] for i in range(n)] for r in arm.runs], dtype=np.float64)  # (seeds, n)
-    ys = np.array([[r.evals[i]["val_loss"] for i in range(n)] for r in arm.runs], dtype=np.float64)
+    ys = np.array([[r.evals[i][y_key] for i in range(n)] for r in arm.runs], dtype=np.float64)
     return xs.mean(0), ys.mean(0), ys.min(0), ys.max(0)

@@ -107,20 +107,25 @@ def test_welch_matches_scipy_and_the_formula():
 
 # ------------------------------------------------------------------ reports from synthetic runs
 
-def fake_run(path, val_losses: list[float], tokens_per_step=64, fpt=1000.0, params=500, batch_size=4):
-    """A finished run folder with the files train.py writes (no checkpoint)."""
+def fake_run(path, val_losses: list[float], tokens_per_step=64, fpt=1000.0, params=500, batch_size=4,
+             val_accs: list[float] | None = None, model: dict | None = None, data: dict | None = None):
+    """A finished run folder with the files train.py writes (no checkpoint); val_accs (one per
+    evaluation) go into metrics.jsonl and the last into result.json, as train.py writes them."""
     path.mkdir(parents=True)
     evals = [{"step": 10 * i, "tokens": 10 * i * tokens_per_step, "flops": 10.0 * i * tokens_per_step * fpt,
               "time_s": 1.5 * i, "lr": 1e-3, "val_loss": v, "train_loss": v} for i, v in enumerate(val_losses)]
+    for e, acc in zip(evals, val_accs or []):
+        e.update(val_acc=acc, train_acc=acc)
     (path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
     last = evals[-1]
-    (path / "result.json").write_text(json.dumps({**{k: last[k] for k in ("step", "tokens", "flops", "time_s",
-                                                                           "val_loss", "train_loss")},
+    (path / "result.json").write_text(json.dumps({**{k: last.get(k) for k in ("step", "tokens", "flops", "time_s",
+                                                                               "val_loss", "train_loss", "val_acc")},
                                                   "parameters": params, "flops_per_token": fpt, "tokens_per_s": 100.0,
                                                   "mfu": None, "peak_memory_bytes": 2 ** 20}))
     (path / "run.json").write_text(json.dumps({"device": "cpu", "world_size": 1, "git": {"commit": "abc"}}))
-    (path / "config.json").write_text(json.dumps({"model": {"vocab_size": 64, "block_size": 16}, "data": {},
-                                                    "train": {"batch_size": batch_size, "eval_iters": 1, "grad_accum": 1}}))
+    train = {"batch_size": batch_size, "eval_iters": 1, "grad_accum": 1}
+    (path / "config.json").write_text(json.dumps({"model": model or {"vocab_size": 64, "block_size": 16},
+                                                  "data": data or {}, "optim": {"lr": 1e-3}, "train": train}))
 
 
 def test_report_picks_the_best_lr_says_so_and_tests_against_the_baseline(tmp_path):
