@@ -1,4 +1,4 @@
-"""Time training steps of any config: python bench.py CONFIG.toml [--section.key=value ...] [--steps N]
+"""Time training steps of any config: python bench.py CONFIG.toml [--section.key=value ...] [--steps N] [--warmup N]
 
 Runs the trainer's own train_step on the configured batch (prepared data if present, else random
 ids: throughput does not depend on the text) and prints one JSON line last: ms/iter (median),
@@ -7,6 +7,7 @@ measured matmul rate) and peak memory (GPU: allocator peak; CPU: the process's p
 """
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import statistics
@@ -82,19 +83,18 @@ def bench(cfg, steps: int = 10, warmup: int = 3) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    steps = 10
-    if "--steps" in argv:
-        i = argv.index("--steps")
-        steps, argv = int(argv[i + 1]), argv[:i] + argv[i + 2:]
-    if not argv or argv[0].startswith("--"):
-        print("usage: python bench.py CONFIG.toml [--section.key=value ...] [--steps N]", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(description="Time training steps of a config; prints one JSON line last.",
+                                     allow_abbrev=False)  # --s... must stay free for --section.key overrides
+    parser.add_argument("config")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, thread pools)")
+    args, overrides = parser.parse_known_args(argv)
     try:
-        result = bench(load_config(argv[0], argv[1:]), steps=steps)
+        result = bench(load_config(args.config, overrides), steps=args.steps, warmup=args.warmup)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"config": str(Path(argv[0])), **result}))
+    print(json.dumps({"config": str(Path(args.config)), **result}))
     return 0
 
 

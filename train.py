@@ -25,7 +25,8 @@ from data.loader import DataError, open_dataset
 from engine import runtime
 from engine.budget import Budget
 from engine.guard import Diverged, LossGuard, Preempted, StopFlag
-from engine.checkpoint import CheckpointError, atomic_write_text, has_checkpoint, load_checkpoint, save_checkpoint
+from engine.checkpoint import (CheckpointError, atomic_write_text, has_checkpoint, keep_newest_only,
+                               load_checkpoint, save_checkpoint)
 from engine.optim import make_optimizer
 from engine.perf import peak_flops
 from engine.runlog import MetricsLog, run_record
@@ -253,6 +254,7 @@ def _train(cfg: Config, rt: runtime.Runtime) -> dict:
             t0 = time.perf_counter()  # evaluation, checkpoints and logging are not training time
     log.close()
     if rt.master:
+        keep_newest_only(out_dir)
         write_result(out_dir, log.last, raw_model, flops_per_token, rt)
     return log.last
 

@@ -109,13 +109,25 @@ def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> Path:
     entries = [e for e in read_manifest(out_dir) if e["file"] != path.name]
     entries = [{"file": path.name, "sha256": writer.sha.hexdigest(), "step": state["step"]}] + entries
     try:
-        atomic_write_text(out_dir / MANIFEST, json.dumps({"checkpoints": entries[:KEEP]}, indent=1) + "\n")
+        _keep(out_dir, entries, KEEP)
     except BaseException:
         path.unlink(missing_ok=True)  # named by no manifest: nothing would ever delete it
         raise
-    for old in entries[KEEP:]:
-        (out_dir / old["file"]).unlink(missing_ok=True)
     return path
+
+
+def _keep(out_dir: Path, entries: list[dict], keep: int) -> None:
+    """Point the manifest at the first `keep` entries, then delete the files of the others."""
+    atomic_write_text(out_dir / MANIFEST, json.dumps({"checkpoints": entries[:keep]}, indent=1) + "\n")
+    for old in entries[keep:]:
+        (out_dir / old["file"]).unlink(missing_ok=True)
+
+
+def keep_newest_only(out_dir: str | Path) -> None:
+    """For a finished run: the fallback checkpoint has served its purpose; free its disk."""
+    entries = read_manifest(Path(out_dir))
+    if len(entries) > 1:
+        _keep(Path(out_dir), entries, 1)
 
 
 def _load_file(path: Path, map_location) -> dict:

@@ -216,14 +216,15 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning_naming_it(tmp_pat
 
 def test_resume_past_a_truncated_checkpoint_says_so_and_continues(data_dir, tmp_path, capsys):
     out = tmp_path / "r"
-    run(data_dir, out)  # checkpoints at steps 10 and 20
+    run(data_dir, out)  # finished at step 20, keeping only that checkpoint
+    save_checkpoint(out, {**load_checkpoint(out), "step": 30})  # a newer one, as if training had gone on
     newest = out / read_manifest(out)[0]["file"]
     os.truncate(newest, newest.stat().st_size // 2)
     capsys.readouterr()
-    result = run(data_dir, out, **{"train.init_from": '"resume"', "train.max_iters": 30})
+    result = run(data_dir, out, **{"train.init_from": '"resume"', "train.max_iters": 40})
     stdout = capsys.readouterr().out
-    assert "skipped bad checkpoint(s)" in stdout and "ckpt_00000020.pt: checksum mismatch" in stdout
-    assert "start at step 10" in stdout and result["step"] == 30
+    assert "skipped bad checkpoint(s)" in stdout and "ckpt_00000030.pt: checksum mismatch" in stdout
+    assert "start at step 20" in stdout and result["step"] == 40
 
 
 # ------------------------------------------------------------------------------------------- tampered manifest

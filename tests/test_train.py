@@ -10,7 +10,7 @@ import torch
 
 from config import ConfigError, load_config
 from engine.budget import Budget
-from engine.checkpoint import CheckpointError, load_checkpoint, read_manifest
+from engine.checkpoint import CheckpointError, load_checkpoint, read_manifest, save_checkpoint
 from helpers import ROOT, tiny_overrides, write_char_dataset
 from train import train
 
@@ -80,14 +80,16 @@ def test_resume_with_other_model_settings_is_refused(data_dir, tmp_path):
 
 def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path):
     out = tmp_path / "r"
-    run(data_dir, out)  # checkpoints at steps 10 and 20
+    run(data_dir, out)  # checkpoints at steps 10 and 20; a finished run keeps only the newest
+    assert [e["step"] for e in read_manifest(out)] == [20] and len(list(out.glob("ckpt_*.pt"))) == 1
+    save_checkpoint(out, {**load_checkpoint(out), "step": 30})  # as if training had gone on
     newest, previous = read_manifest(out)
     with open(out / newest["file"], "r+b") as f:  # flip bytes in the middle of the file
         f.seek(os.path.getsize(out / newest["file"]) // 2)
         f.write(b"\x00garbage\x00")
     messages = []
     state = load_checkpoint(out, log=messages.append)
-    assert state["step"] == previous["step"] == 10
+    assert state["step"] == previous["step"] == 20
     assert "checksum mismatch" in messages[0]
     (out / previous["file"]).write_bytes(b"truncated")
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
