@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,7 @@ CHOICES = {
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Check (and for CLI strings, convert) one scalar against its annotated type."""
     origin = typing.get_origin(typ)
-    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+    if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(typ):
             try:
                 return _coerce(value, option, key)

@@ -9,6 +9,7 @@ The model is only ever used through the registry contract, so no line here knows
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import signal
@@ -69,8 +70,8 @@ def train_step(model, optimizer, batches, rt: runtime.Runtime, grad_clip: float)
     for i, (x, y) in enumerate(batches):
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
         # DDP all-reduces gradients only after the last micro-batch of the step
-        sync = i == len(batches) - 1 or not isinstance(model, DDP)
-        with (model.no_sync() if not sync else torch.enable_grad()), rt.autocast():
+        last = i == len(batches) - 1
+        with (model.no_sync() if isinstance(model, DDP) and not last else contextlib.nullcontext()), rt.autocast():
             _, loss = model(x, y)
         (loss / len(batches)).backward()
         total += loss.detach()

@@ -3,7 +3,6 @@ run.json (code version and environment), so every curve can be traced to what pr
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys

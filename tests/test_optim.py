@@ -1,6 +1,5 @@
 import math
 
-import torch
 
 from config import OptimConfig, TrainConfig
 from engine.budget import Budget

@@ -1,7 +1,6 @@
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 
