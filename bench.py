@@ -17,39 +17,40 @@ from pathlib import Path
 
 import torch
 
-from config import ConfigError, load_config
-from data.loader import DataError, open_dataset
+from config import Config, ConfigError, load_config, resolve_vocab
+from data import DataError, open_dataset
 from engine import runtime
 from engine.optim import make_optimizer
 from engine.perf import cpu_matmul_flops, peak_flops
+from engine.trainer import train_step
 from models import build_model
-from train import padded_vocab, train_step
 
 
-def batches_for(cfg, n_micro: int, step: int):
+def batches_for(cfg: Config, n_micro: int, step: int) -> tuple[Config, list]:
+    """(the config with its vocabulary sized, n_micro training batches): from the prepared data when
+    there is some, else random ids (throughput does not depend on the text)."""
     try:
         data = open_dataset(cfg.data)
     except DataError:
         data = None
     if data is not None:
-        if cfg.model.vocab_size == 0:
-            cfg.model.vocab_size = padded_vocab(data.vocab_size)
-        return [data.batch("train", cfg.train.batch_size, cfg.model.block_size, seed=0, step=step, micro=i)
-                for i in range(n_micro)]
+        cfg = resolve_vocab(cfg, data.vocab_size)
+        return cfg, [data.batch("train", cfg.train.batch_size, cfg.model.block_size, seed=0, step=step, micro=i)
+                     for i in range(n_micro)]
     if cfg.model.vocab_size == 0:
         raise ConfigError(f"dataset {cfg.data.dataset!r} is not prepared and model.vocab_size is 0: prepare it "
                           f"(python data/prepare.py {cfg.data.dataset}) or pass --model.vocab_size=N")
     g = torch.Generator().manual_seed(step)
     shape = (cfg.train.batch_size, cfg.model.block_size)
-    return [(torch.randint(0, cfg.model.vocab_size, shape, generator=g),
-             torch.randint(0, cfg.model.vocab_size, shape, generator=g)) for _ in range(n_micro)]
+    return cfg, [(torch.randint(0, cfg.model.vocab_size, shape, generator=g),
+                  torch.randint(0, cfg.model.vocab_size, shape, generator=g)) for _ in range(n_micro)]
 
 
-def bench(cfg, steps: int = 10, warmup: int = 3) -> dict:
+def bench(cfg: Config, steps: int = 10, warmup: int = 3) -> dict:
     rt = runtime.setup(cfg.train.device, cfg.train.dtype)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    batches = batches_for(cfg, cfg.train.grad_accum, 0)
+    cfg, batches = batches_for(cfg, cfg.train.grad_accum, 0)
     torch.manual_seed(cfg.train.seed)
     raw = build_model(cfg.model).to(rt.device)
     model = torch.compile(raw) if cfg.train.compile else raw

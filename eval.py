@@ -13,76 +13,14 @@ Reports the mean next-token cross-entropy (nats) and its perplexity.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
-import socket
 import sys
-from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+from data.documents import read_ids
+from engine.evaluation import score_ids
 
 HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-
-
-def read_ids(files: list[str | Path], tokenizer) -> np.ndarray:
-    """All documents of the files, tokenized and joined as data/prepare.py joins them."""
-    from data.prepare import encode_documents, read_documents
-    docs = [doc for path in files for doc in read_documents(Path(path))]
-    chunks = encode_documents(tokenizer, docs, num_threads=1)
-    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
-
-
-def windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
-    """(start, length) of non-overlapping windows whose targets cover ids[1:] exactly once."""
-    return [(s, min(block_size, n_tokens - 1 - s)) for s in range(0, n_tokens - 1, block_size)]
-
-
-def amp(device: torch.device, dtype: torch.dtype):
-    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-
-
-@torch.no_grad()
-def score_batch(model, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype = torch.float32) -> float:
-    """Summed cross-entropy (nats) of targets y (B, T) given inputs x (B, T), from the model's logits."""
-    with amp(x.device, dtype):
-        logits, _ = model(x)  # (B, T, V)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
-
-
-@torch.no_grad()
-def score_ids(model, ids: np.ndarray, block_size: int, batch_size: int, device: torch.device,
-              dtype: torch.dtype = torch.float32) -> tuple[float, int]:
-    """(summed cross-entropy, number of tokens scored) over the windows of ids; full windows go in
-    batches, the shorter last one alone."""
-    ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-    spans = windows(len(ids_t), block_size)
-    total, count = 0.0, 0
-    full = [s for s, n in spans if n == block_size]
-    for i in range(0, len(full), batch_size):
-        starts = full[i:i + batch_size]
-        x = torch.stack([ids_t[s:s + block_size] for s in starts]).to(device)           # (B, T)
-        y = torch.stack([ids_t[s + 1:s + block_size + 1] for s in starts]).to(device)   # (B, T)
-        total, count = total + score_batch(model, x, y, dtype), count + y.numel()
-    for s, n in spans:
-        if n < block_size:  # the remainder
-            x, y = ids_t[None, s:s + n].to(device), ids_t[None, s + 1:s + n + 1].to(device)  # (1, n)
-            total, count = total + score_batch(model, x, y, dtype), count + n
-    return total, count
-
-
-def offline_unless_hub_reachable(timeout: float = 3.0) -> None:
-    """Without a route to the Hugging Face hub, switch its client to offline mode (the local cache only)
-    before it is imported: it would otherwise retry for half a minute before failing."""
-    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
-        return  # already decided, or a proxy that a direct probe cannot judge
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-    except OSError:
-        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def load_model(init_from: str, out_dir: str, device: torch.device):
@@ -92,8 +30,8 @@ def load_model(init_from: str, out_dir: str, device: torch.device):
         from engine.checkpoint import load_for_inference
         model, cfg, meta = load_for_inference(out_dir, str(device))
         return model, load_tokenizer(meta), cfg.model.block_size
+    from models.hf_gpt2 import load_hf_gpt2, offline_unless_hub_reachable
     offline_unless_hub_reachable()
-    from models.hf_gpt2 import load_hf_gpt2
     model = load_hf_gpt2(init_from).to(device).eval()
     return model, load_tokenizer({"tokenizer": "gpt2"}), model.cfg.block_size
 

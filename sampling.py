@@ -9,7 +9,9 @@ result does not depend on how a sort orders equal numbers.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+
+from models import LanguageModel
+from models.decoding import Decoder
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -62,16 +64,15 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 
 @torch.no_grad()
-def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+def generate(model: LanguageModel, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None, vocab_size: int | None = None) -> torch.Tensor:
     """Extend idx (B, T0) int64 by max_new_tokens sampled tokens -> (B, T0 + max_new_tokens).
 
     The model stays in the mode the caller set (eval for sampling). Once the sequence is longer than
     model.cfg.block_size, the model sees only the last block_size tokens (a sliding window).
-    A model with a `decoder(idx)` method (an incremental decoder: `.logits` (B, V) for the last
-    position, `.push(tokens (B,))` to append one token per row) is stepped through it while the whole
-    sequence fits in block_size; the windowed full forward takes over from there. The generator, if
+    Every model decodes incrementally (models/decoding.py) while the whole sequence fits in
+    block_size; the windowed full forward takes over from there. The generator, if
     given, must live on idx's device. vocab_size: draw only ids below it (a model's vocabulary is
     padded to a multiple of 64 for speed; the padding ids mean nothing and cannot be decoded).
     """
@@ -81,8 +82,7 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temper
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     block_size = model.cfg.block_size
-    use_decoder = hasattr(model, "decoder") and idx.size(1) <= block_size
-    decoder = model.decoder(idx) if use_decoder and max_new_tokens > 0 else None
+    decoder = Decoder(model, idx) if idx.size(1) <= block_size and max_new_tokens > 0 else None
     for step in range(max_new_tokens):
         if decoder is not None:
             logits = decoder.logits  # (B, V)

@@ -14,7 +14,6 @@ where the commands run (--dry-run prints them as they would be typed there).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from analysis.results import DIVERGED
 from analysis.spec import BUDGET_KEYS, ArmSpec, StudySpec, as_overrides, in_root, load_study
-from config import Config, ConfigError, load_config
+from config import Config, ConfigError, load_config, resolve_vocab
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_STUDY = ROOT / "configs" / "studies" / "default.toml"
@@ -119,7 +118,7 @@ def launcher() -> list[str]:
 
 def unprepared(cfg: Config) -> bool:
     """A dataset to prepare first: no meta.json, and not a synthetic task (generated on the fly)."""
-    from data.loader import SYNTHETIC_TASKS
+    from data import SYNTHETIC_TASKS
     return cfg.data.dataset not in SYNTHETIC_TASKS and not (in_root(cfg.data.data_dir) / cfg.data.dataset /
                                                             "meta.json").is_file()
 
@@ -139,23 +138,21 @@ def preflight(configs: dict[str, Config], dry_run: bool) -> None:
     budget too small for an arm (e.g. not past its warm-up), or a block_size too small for its task,
     fails now, not after the arms before it."""
     import torch
-    from data.loader import DataError, open_dataset
+    from data import DataError, open_dataset
     from engine.budget import Budget
     from models import build_model
-    from train import padded_vocab
     for name, cfg in configs.items():
-        model_cfg = dataclasses.replace(cfg.model)
         if not (dry_run and unprepared(cfg)):  # a dry run may come before the data is prepared
             try:
                 data = open_dataset(cfg.data)  # a prepared folder or a synthetic task: both know their vocabulary
                 data.check_block_size(cfg.model.block_size)
             except DataError as e:
                 raise ConfigError(f"arm {name}: {e}") from None
-            model_cfg.vocab_size = model_cfg.vocab_size or padded_vocab(data.vocab_size)
-        if model_cfg.vocab_size == 0:
+            cfg = resolve_vocab(cfg, data.vocab_size)
+        if cfg.model.vocab_size == 0:
             continue  # nothing to size the vocabulary from yet
         with torch.device("meta"):  # shapes only: no memory, no time, even for GPT-2 sizes
-            flops_per_token = build_model(model_cfg).flops_per_token()
+            flops_per_token = build_model(cfg.model).flops_per_token()
         tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
         try:
             steps = Budget(cfg.train, cfg.optim, tokens_per_step, flops_per_token).total_steps

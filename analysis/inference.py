@@ -64,9 +64,8 @@ def sample_text(run: RunResult, s: SampleSpec, cache: Cache) -> tuple[str, str]:
 def load_gpt2_quietly() -> tuple[object | None, str]:
     """(GPT-2 124M or None, why not). Offline, only the local Hugging Face cache is tried, so this
     never waits on a network that is not there."""
-    from eval import offline_unless_hub_reachable
+    from models.hf_gpt2 import HFLoadError, load_hf_gpt2, offline_unless_hub_reachable
     offline_unless_hub_reachable()
-    from models.hf_gpt2 import HFLoadError, load_hf_gpt2
     try:
         return load_hf_gpt2("gpt2").eval(), ""
     except (HFLoadError, OSError, ImportError) as e:
@@ -76,9 +75,9 @@ def load_gpt2_quietly() -> tuple[object | None, str]:
 def gpt2_reference(run: RunResult, cache: Cache) -> tuple[dict | None, str]:
     """Pretrained GPT-2 (124M) scored on exactly the validation windows train.py scores this run on
     (its seed, batch size, eval_iters, block_size): ({loss, tokens, block_size}, "") or (None, why)."""
-    from data.loader import SYNTHETIC_TASKS, TokenDataset
-    from eval import score_batch
-    from train import eval_batch
+    from data import SYNTHETIC_TASKS
+    from data.loader import TokenDataset
+    from engine.evaluation import eval_batch, score_batch
 
     c = run.config
     if c["data"]["dataset"] in SYNTHETIC_TASKS:

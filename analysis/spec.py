@@ -18,14 +18,13 @@ become `--section.key=value` strings read back by config.apply_overrides, the pa
 """
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config import ConfigError, build, load_toml
+from schema import ConfigError, build, load_toml, toml_literal
 
 # [budget] key -> the train.py key that carries it
 BUDGET_KEYS = {"flops": "train.max_flops", "time_s": "train.max_time_s", "tokens": "train.max_tokens",
@@ -109,21 +108,6 @@ def flatten(table: Any, where: str, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def toml_literal(value: Any, key: str = "") -> str:
-    """A value written so that config.parse_value reads back exactly the same value."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_literal(v, key) for v in value) + "]"
-    raise ConfigError(f"{key}: cannot pass {value!r} on the command line (tables are not overrides)")
-
-
 def as_overrides(table: dict[str, Any]) -> list[str]:
     return [f"--{k}={toml_literal(v, k)}" for k, v in table.items()]
 
@@ -179,7 +163,7 @@ def validate(spec: StudySpec) -> StudySpec:
 
 def load_study(path: str | Path) -> tuple[StudySpec, str]:
     """(validated spec, the file's text) of a study file."""
-    data = load_toml(path)
+    data = load_toml(path, where="configs/studies/")
     return validate(build(StudySpec, data)), Path(path).read_text()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from analysis.results import ArmSummary
-from data.loader import SYNTHETIC_TASKS
+from data import SYNTHETIC_TASKS
 
 DIFFICULTY = {"data.task_pairs": "K", "model.block_size": "T", "data.task_vocab": "V"}  # key -> short name
 WIDTH = "model.n_embd"

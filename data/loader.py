@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 SPLITS = ("train", "val")
-SYNTHETIC_TASKS = ("copy", "mqar")  # generated on the fly by data/synthetic.py
 
 
 class DataError(ValueError):
@@ -85,13 +84,3 @@ class TokenDataset:
                             f"prepare it again: python data/prepare.py {self.folder.name}")
         windows = torch.from_numpy(windows)
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
-
-
-def open_dataset(data_cfg):
-    """The dataset a config names: a prepared folder, or a synthetic task generated on the fly.
-    Both answer batch(split, batch_size, block_size, seed=, step=, micro=) with targets of -1 at
-    positions that are not scored."""
-    if data_cfg.dataset in SYNTHETIC_TASKS:
-        from data.synthetic import SyntheticTask
-        return SyntheticTask(data_cfg.dataset, vocab_size=data_cfg.task_vocab, n_pairs=data_cfg.task_pairs)
-    return TokenDataset(data_cfg.data_dir, data_cfg.dataset)

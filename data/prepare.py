@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python data/prepare.py` puts data/, not the repo root, on sys.path
     sys.path.insert(0, str(ROOT))
 
+from data.documents import DTYPE, encode_documents, read_documents  # noqa: E402
 from data.loader import SPLITS, DataError  # noqa: E402
 from data.tokenizer import (CORPORA, GPT2_EOT, GPT2_RANKS_SHA256, CharTokenizer, GPT2Tokenizer,  # noqa: E402
                             Tokenizer, gpt2_encoding, sha256_file)
 
 FORMAT_VERSION = 1
 SPLIT_SEED = 2357          # nanoGPT's seed for the OpenWebText split
-DTYPE = np.uint16
 TOKENIZERS = ("gpt2", "char")
 ENGINES = ("memory", "datasets")
 BATCH_DOCS = 1024          # documents per write batch of the datasets engine (~1M OpenWebText tokens)
@@ -93,40 +93,7 @@ def resolve_recipe(name: str, files: list | None = None, tokenizer: str | None =
                                val_fraction=recipe.val_fraction if val_fraction is None else float(val_fraction))
 
 
-# ---------------------------------------------------------------- reading local files
-
-def read_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); convert it, "
-                        f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}") from None
-
-
-def _jsonl_text(line: str, path: Path, number: int) -> str:
-    example = 'every line must be one JSON object like {"text": "..."}'
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{number} is not valid JSON ({e.msg}); {example}") from None
-    if not isinstance(record, dict) or "text" not in record:
-        raise DataError(f'{path}:{number} has no "text" field; {example}')
-    if not isinstance(record["text"], str):
-        raise DataError(f'{path}:{number}: "text" is {type(record["text"]).__name__}, not a string; {example}')
-    return record["text"]
-
-
-def read_documents(path: Path) -> list[str]:
-    """The documents of one .txt (the whole file) or .jsonl file (one per non-blank line)."""
-    text = read_text(path)
-    if not text.strip():
-        raise DataError(f"{path} is empty; give a file that contains text")
-    if path.suffix == ".txt":
-        return [text]
-    # split("\n"), not splitlines(): JSON strings may hold raw U+2028 or \x1c, which splitlines() breaks on
-    return [_jsonl_text(line, path, n) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
-
+# ---------------------------------------------------------------- recording sources
 
 def display_path(path: Path) -> str:
     """Repository-relative where possible, so a meta.json stays meaningful on another machine."""
@@ -198,14 +165,6 @@ def base_meta(name: str, recipe: Recipe, sources: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------- the two engines
-
-def encode_documents(tok: Tokenizer, docs: list[str], num_threads: int) -> list[np.ndarray]:
-    """Each document's ids followed by the tokenizer's end-of-text id, if it has one."""
-    if isinstance(tok, GPT2Tokenizer):
-        lists = tok.encoding.encode_ordinary_batch(docs, num_threads=num_threads)
-        return [np.array(ids + [tok.eot], dtype=DTYPE) for ids in lists]
-    return [tok.encode_array(doc).astype(DTYPE) for doc in docs]
-
 
 def prepare_in_memory(name: str, recipe: Recipe, folder: Path, num_proc: int, force: bool) -> dict | None:
     """Local files, all in RAM. Returns the new meta, or None when the dataset is already up to date."""

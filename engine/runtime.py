@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from config import ConfigError
+from schema import ConfigError
 
 # A rank that dies leaves the others blocked in a collective; this bounds the wait so they exit
 # with an error instead of hanging forever. Long enough for a slow evaluation or checkpoint.

@@ -1,10 +1,8 @@
 """train.py --summary: parameters per component, FLOPs per token, and training memory, then exit."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from config import Config
-from data.loader import load_meta
+from config import Config, resolve_vocab
+from data import open_dataset
 from engine.perf import activation_bytes
 from models import build_model
 
@@ -12,9 +10,8 @@ GiB = 2 ** 30
 
 
 def summarize(cfg: Config) -> dict:
-    if cfg.model.vocab_size == 0:  # sized from the data, exactly as train.py does
-        from train import padded_vocab
-        cfg.model.vocab_size = padded_vocab(load_meta(Path(cfg.data.data_dir) / cfg.data.dataset)["vocab_size"])
+    if cfg.model.vocab_size == 0:  # sized from the data, exactly as the trainer does
+        cfg = resolve_vocab(cfg, open_dataset(cfg.data).vocab_size)
     model = build_model(cfg.model)
     n = sum(p.numel() for p in model.parameters())
     act = activation_bytes(model, cfg.model.block_size)

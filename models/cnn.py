@@ -59,7 +59,7 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.resnet import BasicBlock
 
-from config import ConfigError
+from schema import ConfigError
 
 NORMS = ("none", "group", "layer")
 POOLS = ("end", "stages")

@@ -10,6 +10,9 @@ softmax. Unpadded, our logits equal HF's exactly; the cost is a slightly slower 
 """
 from __future__ import annotations
 
+import os
+import socket
+
 import torch
 
 from models.gpt import GPT, GPTConfig
@@ -127,3 +130,14 @@ def load_hf_gpt2(model_type: str = "gpt2", hf_model=None, *, dropout: float = 0.
     model = GPT(cfg)
     copy_hf_state(model, hf_model.state_dict())
     return model
+
+
+def offline_unless_hub_reachable(timeout: float = 3.0) -> None:
+    """Without a route to the Hugging Face hub, switch its client to offline mode (the local cache only)
+    before it is imported: it would otherwise retry for half a minute before failing."""
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return  # already decided, or a proxy that a direct probe cannot judge
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"

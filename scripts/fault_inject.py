@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
 from engine.checkpoint import MANIFEST, has_checkpoint, load_checkpoint, read_manifest, sha256_file  # noqa: E402
-from helpers import tiny_overrides, write_char_dataset  # noqa: E402
+from engine.smoke import tiny_overrides, write_char_dataset  # noqa: E402
 
 EVAL_INTERVAL = 3   # a checkpoint every 3 steps: many writes to land in
 TIMING_KEYS = ("time_s", "tokens_per_s", "mfu")  # the only metrics allowed to differ between two runs
@@ -162,6 +162,42 @@ def curve(out_dir: Path) -> list[dict]:
     return [{k: v for k, v in line.items() if k not in TIMING_KEYS} for line in metrics(out_dir)]
 
 
+def record_kill(s: dict, run_dir: Path, launch: Launch, before: set, mode: str, echo) -> int:
+    """Check the run directory after a kill, add it to the summary s; returns the step to resume from."""
+    in_write = [n for n in fresh_tmps(run_dir, before) if n.startswith("ckpt")]
+    s["kills_in_ckpt_write"] += bool(in_write)
+    s["kills_in_manifest_write"] += MANIFEST + ".tmp" in in_write
+    s["kills_in_startup"] += launch.start_step is None
+    ok, problems, resume = verify(run_dir)
+    s["checkpoints_verified"] += ok
+    s["unreadable_checkpoints"] += len(problems)
+    reached = max((m["step"] for m in metrics(run_dir) if "event" not in m), default=0)
+    lost = reached - resume if launch.start_step is not None else 0  # a process that never started lost nothing
+    s["metrics_lines_lost"] += lost < 0  # the checkpoint is ahead of metrics.jsonl: the lines between are gone
+    s["steps_lost"].append(max(lost, 0))
+    echo(f"kill {s['kills']:3d} ({mode}{', in ' + ' '.join(in_write) if in_write else ''}): reached step "
+         f"{reached}, resume from {resume}, lost {lost}; {ok} checkpoint(s) verified"
+         f"{'; PROBLEMS: ' + '; '.join(problems) if problems else ''}")
+    return resume
+
+
+def finish(s: dict, launch: Launch, reference: Launch, run_dir: Path, reference_dir: Path) -> dict:
+    """Wait for the last launch and the reference run, compare weights and curves; the final summary."""
+    finished = launch.proc.wait(LAUNCH_TIMEOUT) == 0 and (run_dir / "result.json").exists()
+    reference_ok = reference.proc.wait(LAUNCH_TIMEOUT) == 0
+    weights_equal = curves_equal = False
+    if finished and reference_ok:
+        a, b = load_checkpoint(run_dir)["model"], load_checkpoint(reference_dir)["model"]
+        weights_equal = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        curves_equal = curve(run_dir) == curve(reference_dir)
+    lost = s.pop("steps_lost")
+    s.update(max_steps_lost=max(lost, default=0), mean_steps_lost=round(sum(lost) / max(len(lost), 1), 2),
+             finished=finished, final_weights_equal=weights_equal, loss_curves_equal=curves_equal)
+    s["ok"] = bool(finished and weights_equal and curves_equal and s["unreadable_checkpoints"] == 0
+                   and s["resume_failures"] == 0 and s["max_steps_lost"] <= EVAL_INTERVAL)
+    return s
+
+
 def run_campaign(trials: int, seed: int, out: Path, max_iters: int, write_fraction: float = 0.4,
                  startup_fraction: float = 0.1, dropout: float = 0.1, modes: list[str] | None = None,
                  echo=print) -> dict:
@@ -204,34 +240,8 @@ def run_campaign(trials: int, seed: int, out: Path, max_iters: int, write_fracti
         if mode is None or not launch.killed():  # trials spent, or it finished before the kill
             break
         s["kills"] += 1
-        in_write = [n for n in fresh_tmps(run_dir, before) if n.startswith("ckpt")]
-        s["kills_in_ckpt_write"] += bool(in_write)
-        s["kills_in_manifest_write"] += MANIFEST + ".tmp" in in_write
-        s["kills_in_startup"] += launch.start_step is None
-        ok, problems, resume = verify(run_dir)
-        s["checkpoints_verified"] += ok
-        s["unreadable_checkpoints"] += len(problems)
-        reached = max((m["step"] for m in metrics(run_dir) if "event" not in m), default=0)
-        lost = reached - resume if launch.start_step is not None else 0  # a process that never started lost nothing
-        s["metrics_lines_lost"] += lost < 0  # the checkpoint is ahead of metrics.jsonl: the lines between are gone
-        s["steps_lost"].append(max(lost, 0))
-        echo(f"kill {s['kills']:3d} ({mode}{', in ' + ' '.join(in_write) if in_write else ''}): reached step "
-             f"{reached}, resume from {resume}, lost {lost}; {ok} checkpoint(s) verified"
-             f"{'; PROBLEMS: ' + '; '.join(problems) if problems else ''}")
-        expected = resume
-    finished = launch.proc.wait(LAUNCH_TIMEOUT) == 0 and (run_dir / "result.json").exists()
-    reference_ok = reference.proc.wait(LAUNCH_TIMEOUT) == 0
-    weights_equal = curves_equal = False
-    if finished and reference_ok:
-        a, b = load_checkpoint(run_dir)["model"], load_checkpoint(out / "reference")["model"]
-        weights_equal = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-        curves_equal = curve(run_dir) == curve(out / "reference")
-    lost = s.pop("steps_lost")
-    s.update(max_steps_lost=max(lost, default=0), mean_steps_lost=round(sum(lost) / max(len(lost), 1), 2),
-             finished=finished, final_weights_equal=weights_equal, loss_curves_equal=curves_equal)
-    s["ok"] = bool(finished and weights_equal and curves_equal and s["unreadable_checkpoints"] == 0
-                   and s["resume_failures"] == 0 and s["max_steps_lost"] <= EVAL_INTERVAL)
-    return s
+        expected = record_kill(s, run_dir, launch, before, mode, echo)
+    return finish(s, launch, reference, run_dir, out / "reference")
 
 
 def main(argv: list[str] | None = None) -> int:

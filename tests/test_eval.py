@@ -10,7 +10,7 @@ from config import load_config
 from data.tokenizer import GPT2Tokenizer, load_tokenizer
 from engine.checkpoint import load_for_inference
 from helpers import ROOT, tiny_overrides, write_char_dataset
-from train import train
+from engine.trainer import train
 
 TEXT = (ROOT / "data" / "corpora" / "tinyshakespeare.txt").read_text()[:3000]  # characters the tiny vocab knows
 

@@ -12,7 +12,7 @@ import torch
 from config import load_config
 from engine.checkpoint import load_checkpoint
 from helpers import ROOT, tiny_overrides, write_char_dataset
-from train import train
+from engine.trainer import train
 
 
 def fault_inject():
@@ -78,7 +78,7 @@ def curve(out_dir):
 
 
 def test_a_kill_right_after_a_checkpoint_keeps_that_steps_metrics_line(data_dir, tmp_path, monkeypatch):
-    import train as train_module
+    import engine.trainer as train_module
     from engine.checkpoint import save_checkpoint
 
     def save_then_die(out_dir, state):

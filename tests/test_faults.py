@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import train as train_module
+import engine.trainer as train_module
 from config import load_config
 from data.loader import DataError, TokenDataset
 from engine.checkpoint import load_checkpoint, read_manifest
@@ -30,9 +30,9 @@ def poisoned_steps(monkeypatch, bad_calls: set[int]):
     real, calls = train_module.train_step, []
 
     def step(*args, **kwargs):
-        loss = real(*args, **kwargs)
+        loss, norms = real(*args, **kwargs)
         calls.append(loss)
-        return float("nan") if len(calls) in bad_calls else loss
+        return (float("nan") if len(calls) in bad_calls else loss), norms
     monkeypatch.setattr(train_module, "train_step", step)
     return calls
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import train as train_module
-from config import CHOICES, Config, ConfigError, load_config
+from config import Config, ConfigError, load_config
 from engine import runtime
 from helpers import ROOT, tiny_overrides, write_char_dataset
 from models import MODELS
@@ -29,6 +29,11 @@ from models import MODELS
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 HINTS = {name: typing.get_type_hints(cls) for name, cls in typing.get_type_hints(Config).items() if name != "model"}
 MODEL_HINTS = {name: typing.get_type_hints(entry.config) for name, entry in MODELS.items()}
+# the values a field may only take from a fixed set (schema.option's choices), by dotted key
+CHOICES = {f"{section}.{f.name}": f.metadata["choices"]
+           for section, cls in [*((s, typing.get_type_hints(Config)[s]) for s in HINTS),
+                                *(("model", entry.config) for entry in MODELS.values())]
+           for f in dataclasses.fields(cls) if f.metadata.get("choices")}
 HUGE = [2 ** 63 - 1, -2 ** 63, 10 ** 30, 10 ** 400, -10 ** 400]
 TOML_FRAGMENTS = ["[1,", "{a=", '"open', "'x'", "1e400", "-1e400", "nan", "-inf", "+inf", "0x10", "0o7", "1_000",
                   "True", "tru", "1979-05-27", "07:32:00", "[]", "{}", "[[1], [2]]", "{a = {b = 1}}", '"\\u00e9"',

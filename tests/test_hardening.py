@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import engine.checkpoint as checkpoint
-import train as train_module
+import engine.trainer as train_module
 from config import load_config
 from data.loader import DataError, TokenDataset
 from engine.checkpoint import CheckpointError, load_checkpoint, read_manifest, save_checkpoint, sha256_file

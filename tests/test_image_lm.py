@@ -1,5 +1,6 @@
-"""The token-to-image models: FLOP count, chunked CNN, incremental decoder, idea 2's head layout, configs.
-Causality, gradients, overfitting and parameter counts of every model are in test_registry.py."""
+"""The models' FLOP counts and incremental decoders (every variant of test_registry.py), and the image
+models' chunked CNN, idea 2's head layout and configs. Causality, gradients, overfitting and parameter
+counts of every model are in test_registry.py."""
 from __future__ import annotations
 
 import math
@@ -11,11 +12,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import models
 from config import ConfigError, from_dict
-from models.image_lm import AttnImages, ImageLM
+from helpers import model_variants, variant_id
+from models.decoding import Decoder
+from models.image_lm import ImageLM
+from models.mixers import ImageAttention, RunningSum
 
 IMAGE_MODELS = [name for name, entry in models.MODELS.items() if entry.builder is ImageLM]
-
-
+VARIANTS = model_variants()
+each_model = pytest.mark.parametrize("variant", VARIANTS, ids=list(map(variant_id, VARIANTS)))
 
 
 def build(name: str, seed: int = 0, **overrides) -> ImageLM:
@@ -28,8 +32,8 @@ def tokens(cfg, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), generator=g)
 
 
-@pytest.mark.parametrize("name", IMAGE_MODELS)
-def test_flops_per_token_matches_flop_counter(name: str):
+@each_model
+def test_flops_per_token_matches_flop_counter(variant):
     """flops_per_token == FlopCounterMode on one forward + backward at T = block_size, exactly.
 
     Both count matmuls and convolutions only (2 FLOPs per multiply-add). The math SDPA backend is
@@ -39,7 +43,7 @@ def test_flops_per_token_matches_flop_counter(name: str):
     below at well under 1% of the total -- for a conv the bias and ReLU cost 2 FLOPs per output
     against 2 * 9 * C_in per output for the conv itself.
     """
-    model = build(name)
+    model = build(variant[0], **variant[1])
     cfg = model.cfg
     idx = tokens(cfg)
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
@@ -47,7 +51,8 @@ def test_flops_per_token_matches_flop_counter(name: str):
         loss.backward()
     counted = counter.get_total_flops() / idx.numel()
     assert counted == pytest.approx(model.flops_per_token(), rel=1e-12)
-
+    if not isinstance(model, ImageLM) or not model.stages:
+        return
     D, d, pixels = cfg.channels * cfg.height * cfg.width, cfg.n_embd, cfg.height * cfg.width
     n_stages = len(model.stages)
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.stages[0].reader.modules())
@@ -80,15 +85,15 @@ def test_channels_last_equals_default():
     torch.testing.assert_close(model(idx)[0], ref(idx)[0], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,overrides", [(n, {}) for n in IMAGE_MODELS] + [("image_sum", {"mixer": "mean"})])
-def test_decoder_equals_forward(name: str, overrides: dict):
+@each_model
+def test_decoder_equals_forward(variant):
     """Prompt of 3 tokens, then one push per token up to block_size: the decoder's logits equal the
     parallel forward's at every position (float32, 1e-5)."""
-    model = build(name, **overrides).eval()
+    model = build(variant[0], **variant[1]).eval()
     idx = tokens(model.cfg, batch=3, seed=1)
     with torch.no_grad():
         full, _ = model(idx)  # (B, T, V)
-    decoder = model.decoder(idx[:, :3])
+    decoder = Decoder(model, idx[:, :3])
     torch.testing.assert_close(decoder.logits, full[:, 2], rtol=1e-5, atol=1e-5)
     for t in range(3, idx.size(1)):
         decoder.push(idx[:, t])
@@ -100,13 +105,13 @@ def test_decoder_equals_forward(name: str, overrides: dict):
 def test_running_sum_is_the_whole_decoder_state():
     """Idea 1's mixing state does not grow with the context: one (B, D) running sum per stage."""
     model = build("image_sum_chain").eval()
-    decoder = model.decoder(tokens(model.cfg)[:, :4])
+    decoder = Decoder(model, tokens(model.cfg)[:, :4])
     D = model.cfg.channels * model.cfg.height * model.cfg.width
-    for i in range(len(model.stages)):
-        assert decoder.cache[f"stage{i}"].shape == (2, D)
+    sums = [state for owner, state in decoder.cache.items() if isinstance(owner, RunningSum)]
+    assert len(sums) == len(model.stages) == 2 and all(s.shape == (2, D) for s in sums)
 
 
-def loop_image_heads(mix: AttnImages, x: torch.Tensor, cfg) -> torch.Tensor:
+def loop_image_heads(mix: ImageAttention, x: torch.Tensor, cfg) -> torch.Tensor:
     """Per channel c: the causal softmax weights of head c // (C / nh), times that channel's values."""
     B, T, d = x.shape
     nh, per_head = mix.heads, cfg.channels // mix.heads
@@ -128,16 +133,16 @@ def test_image_heads_own_channel_groups(image_heads: int):
     model = build("image_attn", image_heads=image_heads).double()
     mix = model.stages[0].mix
     x = torch.randn(2, model.cfg.block_size, model.cfg.n_embd, dtype=torch.float64)
-    torch.testing.assert_close(mix(x), loop_image_heads(mix, x, model.cfg), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(mix(x)[1], loop_image_heads(mix, x, model.cfg), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("model_section,message", [
-    ({"name": "image_sum", "image_heads": 2}, "unknown key model.image_heads"),
-    ({"name": "image_attn", "mixer": "mean"}, "unknown key model.mixer"),
-    ({"name": "image_sum", "n_chain": 2}, "unknown key model.n_chain"),
-    ({"name": "image_sum", "mixer": "max"}, "valid choices: sum, mean"),
+    ({"name": "image_sum", "image_heads": 2}, "image_heads applies to model.mixer"),
+    ({"name": "image_sum", "heads": 2}, "unknown key model.heads"),
+    ({"name": "image_attn", "mixer": "max"}, "valid choices: sum, mean, attn, none"),
+    ({"name": "image_sum", "warmup": "lstm"}, "valid choices: gpt, mlp"),
     ({"name": "image_attn", "image_heads": 3}, "must divide model.channels"),
-    ({"name": "image_sum_chain", "n_chain": 0}, "n_chain must be positive"),
+    ({"name": "image_sum_chain", "n_chain": -1}, "n_chain must be >= 0"),
     ({"name": "image_attn", "cnn_norm": "batch"}, "unknown cnn_norm"),
     ({"name": "image_sum", "cnn": "vgg19"}, "unknown cnn"),
     ({"name": "image_sum", "cnn_chunk": -1}, "cnn_chunk must be >= 0"),

@@ -1,4 +1,5 @@
-"""The vectorised causal mixers equal plain sequential references, gradients included (float64)."""
+"""The vectorised causal mixers equal plain sequential references, gradients included (float64), and
+their incremental forms (a carry, a KV cache) equal the full sequence computed at once."""
 from __future__ import annotations
 
 import math
@@ -6,9 +7,16 @@ import math
 import pytest
 import torch
 
-from models.mixers import causal_cumsum, image_value_attention
+from models.gpt import causal_attention
+from models.mixers import causal_cumsum
 
 
+def cumsum(a: torch.Tensor, mean: bool = False) -> torch.Tensor:
+    return causal_cumsum(a, mean)[0]
+
+
+def image_value_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return causal_attention(q, k, v, cache=None, owner=None)
 
 
 def loop_cumsum(a: torch.Tensor, mean: bool = False) -> torch.Tensor:
@@ -44,7 +52,7 @@ def test_cumsum_equals_loop_with_gradients(mean: bool, shape: tuple[int, ...]):
     g = torch.Generator().manual_seed(0)
     a = torch.randn(shape, generator=g, dtype=torch.float64)
     w = torch.randn(shape, generator=g, dtype=torch.float64)
-    ours = grads(lambda x: causal_cumsum(x, mean=mean), (a,), w)
+    ours = grads(lambda x: cumsum(x, mean=mean), (a,), w)
     ref = grads(lambda x: loop_cumsum(x, mean=mean), (a,), w)
     for x, y in zip(ours, ref):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
@@ -54,8 +62,8 @@ def test_cumsum_is_causal_and_keeps_dtype():
     a = torch.randn(2, 9, 4, dtype=torch.float64)
     b = a.clone()
     b[:, 5:] = torch.randn(2, 4, 4, dtype=torch.float64)
-    assert torch.equal(causal_cumsum(a)[:, :5], causal_cumsum(b)[:, :5])
-    assert causal_cumsum(a.to(torch.bfloat16)).dtype == torch.bfloat16
+    assert torch.equal(cumsum(a)[:, :5], cumsum(b)[:, :5])
+    assert cumsum(a.to(torch.bfloat16)).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("mean", [False, True])
@@ -74,7 +82,7 @@ def test_cumsum_bf16_accumulates_in_float32(mean: bool):
     ref = loop_cumsum(a.double(), mean=mean)            # exact: bf16 values are exact in float64
     abs_sum = loop_cumsum(a.double().abs(), mean=mean)
     bound = 2.0 ** -8 * ref.abs() + T * 2.0 ** -24 * abs_sum * 2  # x2: slack, and the cast of that error
-    out = causal_cumsum(a, mean=mean)
+    out = cumsum(a, mean=mean)
     assert out.dtype == torch.bfloat16
     assert ((out.double() - ref).abs() <= bound).all()
     naive = loop_cumsum(a, mean=mean)  # the original loop in bf16 rounds at every step
@@ -84,7 +92,7 @@ def test_cumsum_bf16_accumulates_in_float32(mean: bool):
 def test_cumsum_bf16_under_autocast():
     a = torch.randn(1, 256, 8).to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = causal_cumsum(a)
+        out = cumsum(a)
     torch.testing.assert_close(out.double(), torch.cumsum(a.double(), 1), rtol=2.0 ** -8, atol=1e-3)
 
 
@@ -110,3 +118,25 @@ def test_image_value_attention_is_causal():
     k2[:, :, 6:], v2[:, :, 6:] = 1e3 * torch.randn(2, 2, 2, 4), 1e3 * torch.randn(2, 2, 2, 20)
     out, out2 = image_value_attention(q, k, v), image_value_attention(q, k2, v2)
     assert torch.equal(out[:, :, :6], out2[:, :, :6])
+
+
+@pytest.mark.parametrize("mean", [False, True])
+def test_cumsum_in_pieces_with_a_carry_equals_the_whole(mean: bool):
+    """Decoding feeds the running sum a few positions at a time: carry + start reproduce the whole."""
+    a = torch.randn(2, 12, 6, dtype=torch.float64)
+    whole = cumsum(a, mean)
+    pieces, carry = [], None
+    for lo, hi in [(0, 5), (5, 6), (6, 12)]:
+        out, carry = causal_cumsum(a[:, lo:hi], mean, carry, start=lo)
+        pieces.append(out)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-12, atol=1e-12)
+
+
+def test_attention_in_pieces_with_a_cache_equals_the_whole():
+    q, k = torch.randn(2, 3, 10, 4, dtype=torch.float64), torch.randn(2, 3, 10, 4, dtype=torch.float64)
+    v = torch.randn(2, 3, 10, 7, dtype=torch.float64)
+    whole = image_value_attention(q, k, v)
+    cache, owner, pieces = {}, torch.nn.Identity(), []
+    for lo, hi in [(0, 4), (4, 5), (5, 10)]:
+        pieces.append(causal_attention(q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi], cache, owner))
+    torch.testing.assert_close(torch.cat(pieces, dim=2), whole, rtol=1e-12, atol=1e-12)

@@ -14,16 +14,17 @@ import torch
 import torch.nn.functional as F
 
 import models
+from helpers import model_variants, variant_id
 from models.gpt import Embedding
-from models.image_lm import ImageAttnConfig, ImageLM
+from models.image_lm import ImageLM
 
-NAMES = list(models.MODELS)
-IMAGE_MODELS = [name for name, entry in models.MODELS.items() if entry.builder is ImageLM]
+VARIANTS = model_variants()
+IMAGE_VARIANTS = [v for v in VARIANTS if models.MODELS[v[0]].builder is ImageLM]
+each_model = pytest.mark.parametrize("variant", VARIANTS, ids=list(map(variant_id, VARIANTS)))
 
 
-
-
-def build(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
+def build(variant: tuple[str, dict], seed: int = 0) -> torch.nn.Module:
+    name, overrides = variant
     torch.manual_seed(seed)
     return models.build_model(models.tiny_config(name, **overrides))
 
@@ -38,9 +39,9 @@ def embedding_of(model: torch.nn.Module) -> Embedding:
 
 
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("name", NAMES)
-def test_changing_the_future_leaves_the_past(name: str, train: bool):
-    model = build(name).double().train(train)
+@each_model
+def test_changing_the_future_leaves_the_past(variant, train: bool):
+    model = build(variant).double().train(train)
     idx = tokens(model.cfg)
     logits, _ = model(idx)
     assert logits.shape == (2, model.cfg.block_size, model.cfg.vocab_size)
@@ -51,10 +52,10 @@ def test_changing_the_future_leaves_the_past(name: str, train: bool):
 
 
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("name", NAMES)
-def test_no_gradient_from_the_future_or_other_sequences(name: str, train: bool):
+@each_model
+def test_no_gradient_from_the_future_or_other_sequences(variant, train: bool):
     """d logits[0, t] / d embedding[b, s] is exactly zero for s > t, and for the other sequence b = 1."""
-    model = build(name).double().train(train)
+    model = build(variant).double().train(train)
     captured = []
     handle = embedding_of(model).register_forward_hook(lambda m, args, out: captured.append(out))
     logits, _ = model(tokens(model.cfg))
@@ -79,8 +80,8 @@ def sliced_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
 
 
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("name", NAMES)
-def test_nan_in_the_last_position_stays_there(name: str, train: bool, monkeypatch):
+@each_model
+def test_nan_in_the_last_position_stays_there(variant, train: bool, monkeypatch):
     """NaN written into the last position's embedding must not reach earlier logits.
 
     The fused attention kernels are swapped for sliced_attention while this runs: they multiply the
@@ -90,7 +91,7 @@ def test_nan_in_the_last_position_stays_there(name: str, train: bool, monkeypatc
     (BatchNorm), a norm or pooling across tokens, a mixer that reads ahead.
     """
     monkeypatch.setattr(F, "scaled_dot_product_attention", sliced_attention)
-    model = build(name).double().train(train)
+    model = build(variant).double().train(train)
 
     def poison(module, args, out):
         out = out.clone()
@@ -102,12 +103,12 @@ def test_nan_in_the_last_position_stays_there(name: str, train: bool, monkeypatc
     assert torch.isfinite(logits[:, :-1]).all() and torch.isnan(logits[:, -1]).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_initial_loss_and_every_parameter_learns(name: str):
+@each_model
+def test_initial_loss_and_every_parameter_learns(variant):
     """At init the logits are small (N(0, 0.02) heads on normalised features, std ~0.02 * sqrt(width)
     ~0.15 here), so the loss on random targets is ln V + O(std^2) (a uniform guess): we allow 0.25,
     which a head with logits of std ~1 would exceed. Then one backward reaches every parameter."""
-    model = build(name)
+    model = build(variant)
     idx, targets = tokens(model.cfg), tokens(model.cfg, seed=1)
     _, loss = model(idx, targets)
     assert abs(loss.item() - math.log(model.cfg.vocab_size)) < 0.25
@@ -116,12 +117,12 @@ def test_initial_loss_and_every_parameter_learns(name: str):
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{pname} received no gradient"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_one_batch_overfits(name: str):
+@each_model
+def test_one_batch_overfits(variant):
     """Memorising one batch of 2 x 16 random tokens: the loss halves within 100 Adam steps (each model
     takes 30-55 at lr 1e-3). At lr 3e-3 or more the plain image models (no norm in the 9-conv VGG)
     collapse to predicting the batch's unigram distribution (loss ln 24 ~ 3.19) and stay there."""
-    model = build(name)
+    model = build(variant)
     idx, targets = tokens(model.cfg), tokens(model.cfg, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = None
@@ -136,9 +137,9 @@ def test_one_batch_overfits(name: str):
     assert loss.item() < 0.5 * first
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_param_counts_cover_every_parameter_once(name: str):
-    model = build(name)
+@each_model
+def test_param_counts_cover_every_parameter_once(variant):
+    model = build(variant)
     counts = model.param_counts()
     assert sum(counts.values()) == sum(p.numel() for p in model.parameters())  # parameters() is unique
     assert all(n >= 0 for n in counts.values())
@@ -148,26 +149,38 @@ def closed_forms(cfg) -> dict[str, int]:
     """Parameters per component of an image model with bias=True and cnn="vgg", from the architecture.
 
     GPT Block: ln_1, ln_2 (2d each), c_attn (3d^2 + 3d), attn c_proj (d^2 + d), c_fc (4d^2 + 4d),
-    mlp c_proj (4d^2 + d) = 12d^2 + 13d. VGG: conv C->64 (9*64*C + 64), eight 64->64 (9*64*64 + 64).
+    mlp c_proj (4d^2 + d) = 12d^2 + 13d; without attention (warmup "mlp") 8d^2 + 7d; attention only
+    (extra_attn) 4d^2 + 6d. VGG: conv C'->64 (9*64*C' + 64), eight 64->64 (9*64*64 + 64).
     """
     d, V, D = cfg.n_embd, cfg.vocab_size, cfg.channels * cfg.height * cfg.width
-    idea2 = isinstance(cfg, ImageAttnConfig)
-    stages = getattr(cfg, "n_chain", 0)
-    n = max(1, stages)
-    F_ = 64
+    attn = cfg.mixer == "attn"
+    n = max(1, cfg.n_chain) if cfg.image_stage else 0
+    F_, tied = 64, cfg.n_chain > 0 or not cfg.image_stage
+    block = 12 * d * d + 13 * d if cfg.warmup == "gpt" else 8 * d * d + 7 * d
+    c_in = cfg.channels * (2 if cfg.own_image else 1)
     return {
-        "embedding": V * d + cfg.block_size * d,                   # wte (+ tied head), wpe
-        "warmup": cfg.n_layer * (12 * d * d + 13 * d),
-        "extra_attn": (4 * d * d + 6 * d) if idea2 else 0,          # ln_1 + c_attn + c_proj
-        "mapping": n * (2 * d + d * D + (D if idea2 else 0)),      # stage LayerNorm + paint (idea 2: bias)
-        "mixer": n * (2 * d * d + 2 * d) if idea2 else 0,          # idea 2's q, k; the running sum has none
-        "cnn": n * (9 * 64 * cfg.channels + 64 + 8 * (9 * 64 * 64 + 64)),
-        "proj": stages * (F_ * d + d),                              # chained: features back to the stream
-        "head": 2 * d if stages else 2 * F_ + F_ * V,               # ln_f (+ untied lm_head when plain)
+        "embedding": V * d + cfg.block_size * d,                    # wte (+ tied head), wpe
+        "front": cfg.n_layer * block + cfg.extra_attn * (4 * d * d + 6 * d),
+        "mapping": n * (2 * d + d * D + (D if attn else 0)),        # stage LayerNorm + paint (idea 2: bias)
+        "mixer": n * (2 * d * d + 2 * d) if attn else 0,            # idea 2's q, k; the others have none
+        "cnn": n * (9 * 64 * c_in + 64 + 8 * (9 * 64 * 64 + 64)),
+        "proj": cfg.n_chain * cfg.image_stage * (F_ * d + d),       # chained: features back to the stream
+        "head": 2 * d if tied else 2 * F_ + F_ * V,                 # ln_f (+ untied lm_head when plain)
     }
 
 
-@pytest.mark.parametrize("name", IMAGE_MODELS)
-def test_image_param_counts_match_closed_forms(name: str):
-    model = build(name)
+@pytest.mark.parametrize("variant", IMAGE_VARIANTS, ids=list(map(variant_id, IMAGE_VARIANTS)))
+def test_image_param_counts_match_closed_forms(variant):
+    model = build(variant)
     assert model.param_counts() == closed_forms(model.cfg)
+
+
+def test_without_attention_or_mixing_each_position_reads_only_its_own_token():
+    """The convolution-only control with no mixer: the logits at t depend on token t alone."""
+    model = build(("image_sum", {"warmup": "mlp", "mixer": "none"})).double()
+    idx = tokens(model.cfg)
+    logits, _ = model(idx)
+    for t in (0, 5, model.cfg.block_size - 1):
+        changed = tokens(model.cfg, seed=t + 7)
+        changed[:, t] = idx[:, t]
+        torch.testing.assert_close(model(changed)[0][:, t], logits[:, t], rtol=0, atol=1e-12)

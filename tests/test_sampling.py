@@ -192,51 +192,41 @@ def test_same_seed_same_tokens_and_mode_kept(gpt):
 # ---------------------------------------------------------------- the incremental decoder path
 
 
-class RecomputingDecoder:
-    """The decoder protocol done the slow way: a full forward after every push."""
-
-    def __init__(self, owner: "DecoderGPT", idx: torch.Tensor):
-        self.owner, self.idx = owner, idx
-        self._update()
-
-    def _update(self) -> None:
-        assert self.idx.size(1) <= self.owner.cfg.block_size, "decoder pushed past block_size"
-        self.owner.longest = max(self.owner.longest, self.idx.size(1))
-        self.logits = self.owner.gpt(self.idx)[0][:, -1]  # (B, V)
-
-    def push(self, tokens: torch.Tensor) -> None:
-        assert tokens.shape == (self.idx.size(0),)
-        self.owner.pushes += 1
-        self.idx = torch.cat([self.idx, tokens[:, None]], dim=1)
-        self._update()
+def windowed_generate(model, idx: torch.Tensor, new: int, generator: torch.Generator, **kw) -> torch.Tensor:
+    """The plain reference: a full forward of the last block_size tokens before every draw."""
+    for _ in range(new):
+        logits, _ = model(idx[:, -model.cfg.block_size:])
+        idx = torch.cat([idx, sample_next(logits[:, -1], generator=generator, **kw)[:, None]], dim=1)
+    return idx
 
 
-class DecoderGPT(torch.nn.Module):
-    def __init__(self, gpt):
+class CallCounter(torch.nn.Module):
+    """Counts the wrapped model's calls: full forwards (no cache) and incremental ones (with a cache)."""
+
+    def __init__(self, model):
         super().__init__()
-        self.gpt, self.cfg = gpt, gpt.cfg
-        self.pushes = self.longest = self.forwards = 0
+        self.model, self.cfg = model, model.cfg
+        self.full = self.incremental = 0
 
-    def forward(self, idx, targets=None):
-        self.forwards += 1
-        return self.gpt(idx, targets)
-
-    def decoder(self, idx):
-        return RecomputingDecoder(self, idx)
+    def forward(self, idx, targets=None, *, cache=None, start=0):
+        if cache is None:
+            self.full += 1
+        else:
+            self.incremental += 1
+        return self.model(idx, targets, cache=cache, start=start)
 
 
 @pytest.mark.parametrize("T0, new", [(3, 8), (3, 13), (3, 30), (16, 5), (20, 5)])
-def test_decoder_path_gives_the_same_tokens(gpt, T0, new):
+def test_incremental_decoding_gives_the_tokens_of_the_windowed_forward(gpt, T0, new):
     kw = dict(temperature=1.0, top_k=20)
-    plain = generate(gpt, prompt(T0), new, generator=torch.Generator().manual_seed(3), **kw)
-    wrapped = DecoderGPT(gpt)
-    fast = generate(wrapped, prompt(T0), new, generator=torch.Generator().manual_seed(3), **kw)
-    assert torch.equal(plain, fast)
+    reference = windowed_generate(gpt, prompt(T0), new, torch.Generator().manual_seed(3), **kw)
+    counted = CallCounter(gpt)
+    fast = generate(counted, prompt(T0), new, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(reference, fast)
     B = gpt.cfg.block_size
     decoder_steps = max(0, min(new, B - T0 + 1))  # steps whose context (T0 + s tokens) fits the block
-    assert wrapped.pushes == max(0, min(new - 1, B - T0))  # no push past the block or after the last token
-    assert wrapped.forwards == new - decoder_steps  # the rest went through the windowed forward
-    assert wrapped.longest <= B
+    assert counted.incremental == (decoder_steps > 0) + max(0, min(new - 1, B - T0))  # prompt, then one per push
+    assert counted.full == new - decoder_steps  # the rest went through the windowed forward
 
 
 # ---------------------------------------------------------------- sample.py: --start and the CLI

@@ -12,8 +12,9 @@ from scipy import stats
 import study
 from analysis.report import write_report
 from analysis.results import load_run, welch
-from analysis.spec import loads_study, toml_literal
-from config import ConfigError, parse_value
+from analysis.spec import loads_study
+from schema import toml_literal
+from schema import ConfigError, parse_value
 from helpers import ROOT, write_char_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -263,7 +264,7 @@ def test_gpt2_reference_scores_exactly_the_windows_train_py_evaluates(tmp_path, 
     from config import load_config
     from engine.checkpoint import load_for_inference
     from helpers import tiny_overrides
-    from train import train
+    from engine.trainer import train
     write_bpe_dataset(tmp_path)
     train(load_config(None, tiny_overrides(tmp_path, tmp_path / "run", **{"data.dataset": '"tiny_bpe"',
                                                                           "train.max_iters": 3, "train.eval_iters": 3,

@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 
 from config import load_config
-from data.loader import DataError, open_dataset
+from data import DataError, open_dataset
 from data.synthetic import COPY_SEP, FILLER, SyntheticTask, gap_probs
 
 EVAL_STEP = 2 ** 40
@@ -162,11 +162,12 @@ def tiny_synthetic(tmp_path, task: str, **extra) -> list[str]:
 def test_evaluate_accuracy_equals_a_plain_count(tmp_path, task):
     from engine import runtime
     from models import build_model
-    from train import eval_batch, evaluate, resolve_vocab
+    from config import resolve_vocab
+    from engine.evaluation import eval_batch, evaluate
 
     cfg = load_config(None, tiny_synthetic(tmp_path, task))
     data = open_dataset(cfg.data)
-    resolve_vocab(cfg, data.vocab_size)
+    cfg = resolve_vocab(cfg, data.vocab_size)
     torch.manual_seed(0)
     model = build_model(cfg.model)
     got = evaluate(model, data, cfg, runtime.Runtime(torch.device("cpu"), torch.float32))
@@ -188,7 +189,7 @@ def test_evaluate_accuracy_equals_a_plain_count(tmp_path, task):
 
 @pytest.mark.slow
 def test_a_tiny_gpt_learns_to_copy_on_the_cpu(tmp_path):
-    from train import train
+    from engine.trainer import train
 
     last = train(load_config(None, tiny_synthetic(tmp_path, "copy", **{
         "model.n_embd": 64, "train.batch_size": 16, "train.max_iters": 150, "train.eval_interval": 0,

@@ -11,7 +11,7 @@ from config import ConfigError, load_config
 from engine.budget import Budget
 from engine.checkpoint import CheckpointError, load_checkpoint, read_manifest, save_checkpoint
 from helpers import ROOT, tiny_overrides, write_char_dataset
-from train import train
+from engine.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_vocab_smaller_than_the_dataset_is_refused(data_dir, tmp_path):
 
 def test_grad_accum_that_does_not_split_over_processes_is_refused(data_dir, tmp_path, monkeypatch):
     from engine.runtime import Runtime
-    from train import local_micro_batches
+    from engine.trainer import local_micro_batches
     cfg = load_config(None, tiny_overrides(data_dir, tmp_path, **{"train.grad_accum": 3}))
     with pytest.raises(ConfigError, match="multiple of 2"):
         local_micro_batches(cfg, Runtime(torch.device("cpu"), torch.float32, world_size=2))
