@@ -43,6 +43,10 @@ class OptimConfig:
     lr: float = option(6e-4, "peak learning rate, reached after warmup_iters")
     min_lr: float = option(6e-5, "the schedule decays to this (nanoGPT/Chinchilla: about lr / 10)")
     warmup_iters: int = option(100, "linear warm-up steps")
+    schedule: str = option("cosine", "cosine: warm-up, then cosine decay to min_lr at the end of the budget; wsd: "
+                           "warm-up, constant, then a linear decay over the last decay_frac of the budget (Hagele et "
+                           "al. 2024), so a run's stable phase is shared by every shorter budget", ("cosine", "wsd"))
+    decay_frac: float = option(0.2, "wsd: share of the budget spent decaying to min_lr")
     lr_decay_iters: int = option(0, "cosine: decay over this many steps; 0: over the whole budget")
     weight_decay: float = option(0.1, "AdamW decay of matrices only, never of biases, norms or gains")
     beta1: float = option(0.9, "AdamW beta1")
@@ -69,6 +73,9 @@ class TrainConfig:
                                   "different batch sizes on the same validation windows")
     log_interval: int = option(10, "steps between metrics lines (loss, lr, throughput, gradient norms)")
     checkpoint: bool = option(True, "write a checkpoint at every evaluation")
+    fork_steps: list[int] = option([], "also checkpoint after these steps into out_dir/forks/<step>/: a run with a "
+                                   "smaller budget continues from there (study budgets under the wsd schedule)")
+    train_eval_iters: int = option(-1, "batches of the train split per evaluation; -1: eval_iters; 0: none")
     seed: int = option(1337, "initial weights, data order and dropout")
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = option("auto", "auto: bf16 autocast on GPUs that have it, else float32",
@@ -168,6 +175,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
     if o.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    if not 0 < o.decay_frac <= 1:
+        raise ConfigError(f"optim.decay_frac must be in (0, 1], got {o.decay_frac}")
+    if any(s <= 0 for s in t.fork_steps) or t.train_eval_iters < -1:
+        raise ConfigError("train.fork_steps must be positive steps and train.train_eval_iters >= -1")
     if o.warmup_iters < 0 or o.lr_decay_iters < 0 or o.grad_clip < 0:
         raise ConfigError("optim.warmup_iters, optim.lr_decay_iters and optim.grad_clip must be >= 0")
     cfg.model.validate()

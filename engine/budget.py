@@ -4,7 +4,8 @@ A budget is steps (train.max_iters), tokens, training FLOPs or training seconds.
 convert to a whole number of steps up front (the first step that reaches the budget is the last);
 seconds cannot, so progress is measured on the clock. Either way the learning-rate schedule ends
 at the budget and evaluations fall at the same fractions of it for every model, so the curves of
-models of different speed line up.
+models of different speed line up. Under the wsd schedule the decay takes the last decay_frac of the
+budget; until `decay_start` a run is step for step the run of any longer budget.
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ class Budget:
             self.total_steps = math.ceil(train.max_flops / (tokens_per_step * flops_per_token))
         else:
             self.total_steps = None if self.time_limit else train.max_iters
-        if self.total_steps is not None and self.total_steps <= optim.warmup_iters:
-            raise ConfigError(f"the budget is {self.total_steps} steps of {tokens_per_step} tokens, not more than "
-                              f"optim.warmup_iters={optim.warmup_iters}: the learning rate would never decay; "
-                              f"raise the budget or lower the warm-up")
+        peak_until = self.total_steps if self.decay_start is None else self.decay_start
+        if peak_until is not None and peak_until <= optim.warmup_iters:
+            raise ConfigError(f"the budget is {self.total_steps} steps of {tokens_per_step} tokens: the warm-up "
+                              f"(optim.warmup_iters={optim.warmup_iters}) would not end before the decay; raise "
+                              f"the budget or lower the warm-up")
 
     def fraction(self, step: int, time_s: float) -> float:
         """Share of the budget used so far (1.0 or more: done)."""
@@ -36,7 +38,19 @@ class Budget:
     def done(self, step: int, time_s: float) -> bool:
         return self.fraction(step, time_s) >= 1.0
 
+    @property
+    def decay_start(self) -> int | None:
+        """wsd: the first step of the decay (the steps before it are shared with longer budgets)."""
+        if self.total_steps is None or self.optim.schedule != "wsd":
+            return None
+        return self.total_steps - max(1, round(self.optim.decay_frac * self.total_steps))
+
     def lr(self, step: int, time_s: float) -> float:
+        if self.optim.schedule == "wsd":
+            if self.time_limit:  # clock budget: decay over the last decay_frac of the time
+                start = 1.0 - self.optim.decay_frac
+                return lr_at(step, self.optim, (self.fraction(step, time_s) - start) / self.optim.decay_frac)
+            return lr_at(step, self.optim, (step - self.decay_start) / (self.total_steps - self.decay_start))
         if self.time_limit:  # clock budget: the cosine follows the share of time used
             return lr_at(step, self.optim, self.fraction(step, time_s))
         decay_end = self.optim.lr_decay_iters or self.total_steps

@@ -26,27 +26,62 @@ def eval_batch(data: Dataset, split: str, i: int, batch_size: int, block_size: i
 
 
 @torch.no_grad()
-def evaluate(model: LanguageModel, data: Dataset, cfg: Config, rt: runtime.Runtime) -> dict[str, float]:
-    """Mean loss and accuracy over the same cfg.train.eval_iters batches per split at every evaluation,
-    shared out over the processes; a process with no batch still joins the all-reduce, so none can
-    deadlock."""
+def evaluate(model: LanguageModel, data: Dataset, cfg: Config, rt: runtime.Runtime,
+             detailed: bool = False) -> dict[str, float | list[float]]:
+    """Mean loss and accuracy over the same batches of each split at every evaluation (eval_iters of
+    val, train_eval_iters of train), shared out over the processes; a process with no batch still
+    joins the all-reduce, so none can deadlock. `detailed` adds, for val, the mean loss at each
+    position of the window (val_loss_by_position, T values) and each window's mean loss
+    (val_window_losses, in window order): the study's context-use curve and paired statistics."""
     model.eval()
+    t = cfg.train
+    iters = {"train": t.eval_iters if t.train_eval_iters < 0 else t.train_eval_iters, "val": t.eval_iters}
     out = {}
-    for split in ("train", "val"):
-        loss_sum, batches, hits, scored = 0.0, 0, 0, 0
-        for i in range(rt.rank, cfg.train.eval_iters, rt.world_size):
-            x, y = eval_batch(data, split, i, cfg.train.eval_batch_size or cfg.train.batch_size,
-                              cfg.model.block_size)
+    for split, n_batches in iters.items():
+        if n_batches == 0:
+            continue
+        acc = SplitScore(n_batches * (t.eval_batch_size or t.batch_size), cfg.model.block_size, rt.device)
+        for i in range(rt.rank, n_batches, rt.world_size):
+            x, y = eval_batch(data, split, i, t.eval_batch_size or t.batch_size, cfg.model.block_size)
             x, y = x.to(rt.device), y.to(rt.device)
             with rt.autocast():
                 logits, loss = model(x, y)
-            mask = y != -1  # accuracy where the loss is scored (every position for text)
-            loss_sum, batches = loss_sum + loss.item(), batches + 1
-            hits, scored = hits + (logits.argmax(-1) == y)[mask].sum().item(), scored + mask.sum().item()
-        loss_sum, batches, hits, scored = runtime.all_reduce_sum([loss_sum, batches, hits, scored], rt)
-        out[f"{split}_loss"], out[f"{split}_acc"] = loss_sum / batches, hits / max(scored, 1)
+            acc.add(i, logits, loss, y, detailed and split == "val")
+        out.update(acc.result(split, rt, detailed and split == "val"))
     model.train()
     return out
+
+
+class SplitScore:
+    """Sums over one split's evaluation batches, all-reduced across processes at the end."""
+
+    def __init__(self, n_windows: int, block_size: int, device: torch.device):
+        self.loss_sum, self.batches, self.hits, self.scored = 0.0, 0, 0, 0
+        self.by_position = torch.zeros(2, block_size, dtype=torch.float64, device=device)  # nll sums, counts
+        self.windows = torch.zeros(n_windows, dtype=torch.float64, device=device)  # each window's mean nll
+
+    def add(self, i: int, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor, detailed: bool) -> None:
+        mask = y != -1  # accuracy where the loss is scored (every position for text)
+        self.loss_sum, self.batches = self.loss_sum + loss.item(), self.batches + 1
+        self.hits += (logits.argmax(-1) == y)[mask].sum().item()
+        self.scored += mask.sum().item()
+        if detailed:
+            nll = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=-1, reduction="none")  # (B, T)
+            nll = nll.double() * mask
+            self.by_position += torch.stack([nll.sum(0), mask.sum(0).double()])
+            B = y.size(0)
+            self.windows[i * B:(i + 1) * B] = nll.sum(1) / mask.sum(1).clamp(min=1)
+
+    def result(self, split: str, rt: runtime.Runtime, detailed: bool) -> dict:
+        loss_sum, batches, hits, scored = runtime.all_reduce_sum([self.loss_sum, self.batches, self.hits,
+                                                                  self.scored], rt)
+        out = {f"{split}_loss": loss_sum / batches, f"{split}_acc": hits / max(scored, 1)}
+        if detailed:
+            by_position, windows = runtime.all_reduce_tensor(self.by_position, rt), runtime.all_reduce_tensor(
+                self.windows, rt)
+            out[f"{split}_loss_by_position"] = (by_position[0] / by_position[1].clamp(min=1)).tolist()
+            out[f"{split}_window_losses"] = windows.tolist()
+        return out
 
 
 def amp(device: torch.device, dtype: torch.dtype):

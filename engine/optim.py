@@ -1,4 +1,4 @@
-"""AdamW with weight-decay groups, and the warm-up + cosine learning-rate schedule."""
+"""AdamW with weight-decay groups, and the learning-rate schedules (warm-up, then cosine or WSD)."""
 from __future__ import annotations
 
 import inspect
@@ -22,9 +22,11 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -
 
 
 def lr_at(step: int, cfg: OptimConfig, decay_progress: float) -> float:
-    """Linear warm-up over the first warmup_iters steps, then cosine decay from cfg.lr to cfg.min_lr
-    as decay_progress goes from 0 to 1 (min_lr after that)."""
+    """Linear warm-up over the first warmup_iters steps, then the decay from cfg.lr to cfg.min_lr as
+    decay_progress goes from 0 to 1 (min_lr after that): a cosine, or for wsd a straight line (its
+    constant phase is decay_progress <= 0, which engine/budget.py works out)."""
     if step < cfg.warmup_iters:
         return cfg.lr * (step + 1) / (cfg.warmup_iters + 1)
     progress = min(max(decay_progress, 0.0), 1.0)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1.0 - progress
+    return cfg.min_lr + shape * (cfg.lr - cfg.min_lr)

@@ -97,6 +97,14 @@ def all_reduce_sum(values: list[float], rt: Runtime) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_tensor(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """The elementwise sum of t over the processes (t itself with one process)."""
+    if rt.distributed:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

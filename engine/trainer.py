@@ -54,6 +54,7 @@ class Run:
     budget: Budget
     log: MetricsLog
     state: RunState = field(default_factory=RunState)
+    final: dict = field(default_factory=dict)  # the last evaluation's per-position and per-window losses
 
     @property
     def out_dir(self) -> Path:
@@ -145,7 +146,11 @@ def loop(run: Run) -> None:
             record = {"loss": loss, **norms}
             evaluating = run.budget.eval_due(step + 1, time_s, prev_fraction) or stopping
             if evaluating:
-                record.update(evaluate(run.step_model, run.data, cfg, run.rt))
+                scores = evaluate(run.step_model, run.data, cfg, run.rt, detailed=run.budget.done(step + 1, time_s))
+                run.final = {k: scores.pop(k) for k in list(scores) if isinstance(scores[k], list)}
+                record.update(scores)
+            if step + 1 in cfg.train.fork_steps:
+                save(run, run.out_dir / "forks" / str(step + 1))
             if evaluating or logging:
                 run.log.write(step + 1, lr=lr, time_s=time_s, **record)
             if evaluating:  # after the line: a checkpoint at step s implies metrics.jsonl holds step s
@@ -225,14 +230,15 @@ def build_or_resume(cfg: Config, data: Dataset, rt: runtime.Runtime) -> tuple[La
     return build_model(cfg.model), cfg, None
 
 
-def save(run: Run) -> None:
-    """Checkpoint the run (a collective: every process gathers its RNG state). A failed write, e.g. a
-    full disk, leaves the previous checkpoint intact, so training goes on."""
+def save(run: Run, folder: Path | None = None) -> None:
+    """Checkpoint the run into out_dir, or a fork point into `folder` (a collective: every process
+    gathers its RNG state). A failed write, e.g. a full disk, leaves the previous checkpoint intact, so
+    training goes on."""
     rng = gather_rng(run.rt)
-    if not (run.rt.master and run.cfg.train.checkpoint):
+    if not (run.rt.master and (run.cfg.train.checkpoint or folder is not None)):
         return
     try:
-        save_checkpoint(run.out_dir, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        save_checkpoint(folder or run.out_dir, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                                       "rng": rng, "config": run.cfg.to_dict(), "data_meta": run.data.meta,
                                       **asdict(run.state)})
     except OSError as e:
@@ -294,5 +300,5 @@ def write_result(run: Run) -> None:
                                              "val_acc", "train_acc")}
     result.update(parameters=sum(p.numel() for p in run.model.parameters()), flops_per_token=fpt,
                   tokens_per_s=mean_rate, peak_memory_bytes=memory,
-                  mfu=mean_rate * fpt / (peak * rt.world_size) if mean_rate and peak else None)
+                  mfu=mean_rate * fpt / (peak * rt.world_size) if mean_rate and peak else None, **run.final)
     atomic_write_text(run.out_dir / "result.json", json.dumps(result, indent=2) + "\n")

@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 
 from config import OptimConfig, TrainConfig
 from engine.budget import Budget
@@ -62,3 +64,17 @@ def test_weight_decay_applies_to_matrices_only():
     assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in plain["params"])
     n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n_opt == sum(p.numel() for p in model.parameters())  # every parameter once (tied head included once)
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction():
+    cfg = OptimConfig(lr=1.0, min_lr=0.1, warmup_iters=10, schedule="wsd", decay_frac=0.2)
+    budget = Budget(TrainConfig(max_iters=100), cfg, 1, 1.0)
+    assert budget.decay_start == 80
+    assert schedule(9, cfg, 100) == 10 / 11 and all(schedule(s, cfg, 100) == 1.0 for s in (10, 50, 80))
+    for step in (85, 90, 99):
+        assert schedule(step, cfg, 100) == pytest.approx(1.0 - 0.9 * (step - 80) / 20)
+    assert schedule(100, cfg, 100) == pytest.approx(0.1)
+    # a shorter budget decays earlier but agrees with the longer one until its own decay starts
+    assert all(schedule(s, cfg, 40) == schedule(s, cfg, 100) for s in range(0, 32))
+    clock = Budget(TrainConfig(max_time_s=100.0), cfg, 1, 1.0)
+    assert clock.lr(50, 50.0) == 1.0 and clock.lr(50, 90.0) == pytest.approx(0.55)

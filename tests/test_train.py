@@ -188,3 +188,52 @@ def test_clock_budget_stops_after_the_training_time_and_excludes_evaluation(data
     for a, b in zip(lines[1:], lines[2:]):  # the cosine follows the clock, from lr down towards min_lr
         expected = 3e-4 + 0.5 * (1 + math.cos(math.pi * a["time_s"] / 3.0)) * (3e-3 - 3e-4)
         assert b["lr"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_wsd_fork_continued_with_a_smaller_budget_equals_that_budget_trained_straight(data_dir, tmp_path):
+    """The study's cheap budget ladder: a long wsd run checkpoints at the step where a shorter budget
+    starts its decay; continuing from there with the shorter budget gives that budget's run bit for bit
+    (dropout on, so the RNG state matters)."""
+    common = {"model.dropout": 0.1, "optim.schedule": '"wsd"', "optim.decay_frac": 0.25}
+    run(data_dir, tmp_path / "short", **common, **{"train.max_iters": 12})
+    fork = 12 - 3  # decay_start of 12 steps at decay_frac 0.25
+    run(data_dir, tmp_path / "long", **common, **{"train.max_iters": 24, "train.fork_steps": f"[{fork}]"})
+    import shutil
+    shutil.copytree(tmp_path / "long" / "forks" / str(fork), tmp_path / "branch")
+    run(data_dir, tmp_path / "branch", **common, **{"train.max_iters": 12, "train.init_from": '"resume"'})
+    a, b = final_weights(tmp_path / "short"), final_weights(tmp_path / "branch")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(l) for l in (tmp_path / "long" / "metrics.jsonl").read_text().splitlines()]
+    lr = {line["step"]: line["lr"] for line in lines}
+    assert lr[10] == lr[15] == 3e-3 and lr[20] < 3e-3  # constant from the warm-up (5 steps) to the decay (18..24)
+
+
+def test_the_final_evaluation_reports_loss_by_position_and_by_window(data_dir, tmp_path):
+    """Against a plain loop over the same evaluation windows with the final weights."""
+    import torch.nn.functional as F
+
+    from config import resolve_vocab
+    from data import open_dataset
+    from engine.evaluation import eval_batch
+    from models import build_model
+    run(data_dir, tmp_path / "r")
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    cfg = load_config(None, tiny_overrides(data_dir, tmp_path / "r"))
+    data = open_dataset(cfg.data)
+    cfg = resolve_vocab(cfg, data.vocab_size)
+    model = build_model(cfg.model)
+    model.load_state_dict(final_weights(tmp_path / "r"))
+    model.eval()
+    per_window, per_position = [], [[] for _ in range(cfg.model.block_size)]
+    for i in range(cfg.train.eval_iters):
+        x, y = eval_batch(data, "val", i, cfg.train.batch_size, cfg.model.block_size)
+        with torch.no_grad():
+            logits, _ = model(x)
+        for b in range(x.size(0)):
+            losses = [F.cross_entropy(logits[b, t], y[b, t]).item() for t in range(x.size(1))]
+            per_window.append(sum(losses) / len(losses))
+            for t, v in enumerate(losses):
+                per_position[t].append(v)
+    assert result["val_window_losses"] == pytest.approx(per_window, abs=1e-5)
+    assert result["val_loss_by_position"] == pytest.approx([sum(v) / len(v) for v in per_position], abs=1e-5)
+    assert result["val_loss"] == pytest.approx(sum(per_window) / len(per_window), abs=1e-5)
