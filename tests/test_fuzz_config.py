@@ -178,7 +178,11 @@ def check_loaded(cfg: Config) -> None:
     for name, hints in [*HINTS.items(), ("model", MODEL_HINTS[cfg.model.name])]:
         sec = getattr(cfg, name)
         for key, typ in hints.items():
-            assert type(getattr(sec, key)) is typ, (f"{name}.{key}", getattr(sec, key), typ)
+            value = getattr(sec, key)
+            if typing.get_origin(typ) is list:  # a list of the item type
+                assert type(value) is list and all(type(v) is typing.get_args(typ)[0] for v in value), (key, value)
+            else:
+                assert type(value) is typ, (f"{name}.{key}", value, typ)
 
 
 @pytest.fixture(scope="module")
