@@ -1,8 +1,12 @@
-"""The study's plots. Validation loss against the three meanings of equal compute (training FLOPs,
-wall-clock, tokens): one line per arm (mean over seeds) with a min-max band, log x, and the loss of a
-uniform guess (ln V) for scale; the untrained point (x = 0) has no place on a log axis and is left out.
-On synthetic tasks also validation accuracy against tokens, and final accuracy against each swept
-difficulty key and width (log2 x: the sweeps double).
+"""The study's plots, each drawn from the summary (summary.json) or the finished runs.
+
+- frontier.png: final validation loss against training FLOPs, wall-clock and tokens (three panels,
+  log-log), one line per arm over its budgets (mean over seeds, bars min-max), its fitted power law
+  dashed, and the references (ln V, unigram, bigram) for scale: does the gap close or widen?
+- val_loss_vs_{flops,time,tokens}.png: the curves of the largest budget's runs (mean, min-max band).
+- loss_by_position.png: validation loss at each position of the window: a model that uses its context
+  gets better along the window, one that does not stays flat.
+- synthetic studies: validation accuracy against tokens, and final accuracy against each swept setting.
 """
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter  # noqa: E402
 
-from analysis.results import ArmSummary, curve  # noqa: E402
+from analysis.results import Cell, curve  # noqa: E402
 
 AXES = [  # (metrics key, x label, file name)
     ("flops", "training FLOPs", "val_loss_vs_flops.png"),
@@ -23,51 +28,100 @@ AXES = [  # (metrics key, x label, file name)
     ("tokens", "training tokens", "val_loss_vs_tokens.png"),
 ]
 ACC_LABEL = "validation accuracy (scored tokens)"
+LOSS_LABEL = "validation loss (nats/token)"
 
 
-def save(fig, ax, x_label: str, y_label: str, title: str, path: Path) -> None:
+def finish(fig, ax, x_label: str, y_label: str, title: str, path: Path | None = None) -> None:
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    if path is not None:
+        save(fig, path)
+
+
+def save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})  # no version string: same runs, same bytes
     plt.close(fig)
 
 
-def plot_axis(arms: list[ArmSummary], x_key: str, x_label: str, vocab: int | None, title: str,
+def reference_lines(ax, refs: dict | None, vocab: int | None) -> None:
+    """Horizontal lines: a uniform guess ln V, and the unigram and bigram models of the same windows."""
+    if vocab:
+        ax.axhline(math.log(vocab), color="grey", linestyle="--", linewidth=1, label=f"uniform ln {vocab}")
+    for key, style in (("unigram", ":"), ("bigram", "-.")):
+        if refs and refs.get(key) is not None:
+            ax.axhline(refs[key], color="black", linestyle=style, linewidth=1, label=f"{key} {refs[key]:.3f}")
+
+
+def plot_axis(cells: list[Cell], x_key: str, x_label: str, vocab: int | None, refs: dict | None, title: str,
               path: Path, y_key: str = "val_loss") -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for arm in arms:
-        c = curve(arm, x_key, y_key)
+    for cell in cells:
+        c = curve(cell, x_key, y_key)
         if c is None:
             continue
         x, mean, lo, hi = c
-        keep = x > 0
-        label = f"{arm.name} (lr {arm.lr:g}, {len(arm.runs)} seed{'s' if len(arm.runs) > 1 else ''})"
+        keep = x > 0  # the untrained point has no place on a log axis
+        label = f"{cell.arm} (lr {cell.lr:g}, {len(cell.runs)} seed{'s' if len(cell.runs) > 1 else ''})"
         (line,) = ax.plot(x[keep], mean[keep], marker="o", markersize=3, label=label)
-        if len(arm.runs) > 1:
+        if len(cell.runs) > 1:
             ax.fill_between(x[keep], lo[keep], hi[keep], color=line.get_color(), alpha=0.2, linewidth=0)
-    if vocab:
-        ax.axhline(math.log(vocab), color="grey", linestyle="--", linewidth=1,
-                   label=f"uniform guess ln({vocab}) = {math.log(vocab):.2f}")
+    if y_key == "val_loss":
+        reference_lines(ax, refs, vocab)
     ax.set_xscale("log")
-    save(fig, ax, x_label, "validation loss (nats/token)" if y_key == "val_loss" else ACC_LABEL, title, path)
+    finish(fig, ax, x_label, LOSS_LABEL if y_key == "val_loss" else ACC_LABEL, title, path)
 
 
-def write_plots(arms: list[ArmSummary], vocab: int | None, study: str, out_dir: Path, acc: bool = False) -> list[str]:
-    """The three loss PNGs in out_dir, and with acc the accuracy curve; returns their file names."""
+def write_curves(cells: list[Cell], vocab: int | None, refs: dict | None, study: str, out_dir: Path,
+                 acc: bool = False) -> list[str]:
+    """The three loss-curve PNGs of the largest budget's cells, and with acc the accuracy curve."""
     names = []
     for key, label, name in AXES:
-        plot_axis(arms, key, label, vocab, f"{study}: validation loss vs {label} (band: min-max over seeds)",
-                  out_dir / name)
+        plot_axis(cells, key, label, vocab, refs, f"{study}: validation loss vs {label} at the largest budget "
+                  "(band: min-max over seeds)", out_dir / name)
         names.append(name)
     if acc:
-        plot_axis(arms, "tokens", "training tokens", None, f"{study}: validation accuracy vs training tokens "
+        plot_axis(cells, "tokens", "training tokens", None, None, f"{study}: validation accuracy vs training tokens "
                   "(band: min-max over seeds)", out_dir / "val_acc_vs_tokens.png", y_key="val_acc")
         names.append("val_acc_vs_tokens.png")
     return names
+
+
+def plot_frontier(summary: dict, vocab: int | None, path: Path) -> None:
+    """Final loss against each compute axis over the budgets, per arm, with its power-law fit."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), dpi=100)
+    for ax, (key, label, _) in zip(axes, AXES):
+        for name, arm in summary["arms"].items():
+            points = [e for e in arm["budgets"] if e.get("val_loss") is not None and e.get(key)]
+            if not points:
+                continue
+            x, y = np.array([e[key] for e in points]), np.array([e["val_loss"] for e in points])
+            style = "--" if arm["control"] else "-"
+            (line,) = ax.plot(x, y, marker="o", markersize=4, linestyle=style, label=name)
+            fit = (arm.get("power_law") or {}).get(key)
+            if fit and len(points) >= 2:
+                xs = np.geomspace(x.min(), x.max(), 20)
+                ax.plot(xs, fit[0] * xs ** -fit[1], color=line.get_color(), linewidth=0.8, alpha=0.6)
+        reference_lines(ax, summary.get("references"), vocab)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        finish(fig, ax, label, LOSS_LABEL, f"final validation loss vs {label} (thin: power-law fit)")
+    save(fig, path)
+
+
+def plot_by_position(summary: dict, refs: dict | None, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for name, arm in summary["arms"].items():
+        if arm.get("loss_by_position"):
+            y = arm["loss_by_position"]
+            ax.plot(range(1, len(y) + 1), y, linestyle="--" if arm["control"] else "-", label=name)
+    reference_lines(ax, refs, None)
+    ax.set_xscale("log")
+    finish(fig, ax, "position in the window (tokens of context)", LOSS_LABEL,
+           "validation loss by position at the largest budget (mean over seeds)", path)
 
 
 def plot_sweep(lines: dict[str, list[tuple]], x_label: str, title: str, path: Path) -> None:
@@ -83,4 +137,4 @@ def plot_sweep(lines: dict[str, list[tuple]], x_label: str, title: str, path: Pa
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_ylim(-0.03, 1.03)
-    save(fig, ax, x_label, "final " + ACC_LABEL, title, path)
+    finish(fig, ax, x_label, "final " + ACC_LABEL, title, path)

@@ -1,149 +1,174 @@
-"""report.md of a study: the table of arms at equal budget, significance against the baseline, the lr
-choice, accuracy against difficulty (synthetic tasks), the plots, decoded samples, hardware and code
-version, and the study file itself.
+"""report.md and summary.json of a study, and the table printed at its end.
 
-Everything in it is a function of the finished runs and the study file (no dates, cached samples),
-so rerunning a finished study rewrites the same bytes.
+Every number in report.md comes from the summary (analysis/summary.py), written beside it as
+summary.json. Everything is a function of the finished runs and the study file (no dates, cached
+samples), so rerunning a finished study rewrites the same bytes.
 """
 from __future__ import annotations
 
-import math
+import json
 from pathlib import Path
 from typing import Callable
 
 from analysis.inference import Cache, gpt2_reference, sample_text
-from analysis.plots import plot_sweep, write_plots
-from analysis.results import ArmSummary, mean_std, summarize_arm, welch
-from analysis.spec import BUDGET_KEYS, StudySpec
-from analysis.sweep import DIFFICULTY, WIDTH, Sweep, acc_stats, acc_table, find_sweep, is_synthetic
+from analysis.plots import plot_by_position, plot_frontier, plot_sweep, write_curves
+from analysis.references import study_reference
+from analysis.results import Cell, cells as make_cells
+from analysis.spec import StudySpec
+from analysis.summary import entries_top, summarize
+from analysis.sweep import DIFFICULTY, WIDTH, Sweep, acc_table, find_sweep, is_synthetic
 
 BUDGET_WORDS = {"flops": "training FLOPs", "time_s": "seconds of training wall-clock (evaluation excluded)",
                 "tokens": "training tokens", "iters": "optimizer steps"}
+AXIS_WORDS = {"flops": "FLOPs", "time_s": "wall-clock", "tokens": "tokens"}
 
 
-def na(value, fmt: Callable[[float], str]) -> str:
+def na(value, fmt: Callable[[float], str] = lambda v: f"{v:.4f}") -> str:
     return "n/a" if value is None else fmt(value)
 
 
-def loss_cell(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    mean, std = mean_std(values)
-    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
-
-
-def acc_cell(arm: ArmSummary) -> str:
-    if not arm.accs:
-        return "n/a"
-    mean, lo, hi = acc_stats(arm)
-    return f"{mean:.4f} ({lo:.4f}–{hi:.4f})" if len(arm.accs) > 1 else f"{mean:.4f}"
-
-
-def p_cell(arm: ArmSummary, base: ArmSummary | None) -> str:
-    if base is None or not base.runs:
-        return "n/a (baseline not run)"
-    if arm is base:
-        return "baseline"
-    test = welch(arm.finals, base.finals)
-    if test is None:
-        return "n/a (one seed)"
-    return "n/a (no variance)" if math.isnan(test["p"]) else f"{test['p']:.3g}"
-
-
-COLUMNS: list[tuple[str, Callable[[ArmSummary], str]]] = [
-    ("lr", lambda a: na(a.lr, lambda v: f"{v:g}")),
-    ("seeds", lambda a: str(len(a.runs))),
-    ("parameters", lambda a: na(a.first("parameters"), lambda v: f"{v:,}")),
-    ("FLOPs/token", lambda a: na(a.first("flops_per_token"), lambda v: f"{v:.4g}")),
-    ("tokens seen", lambda a: na(a.mean("tokens"), lambda v: f"{round(v):,}")),
-    ("tokens/param", lambda a: na(a.mean("tokens"), lambda v: f"{v / a.first('parameters'):.3g}")),
-    ("FLOPs spent", lambda a: na(a.mean("flops"), lambda v: f"{v:.4g}")),
-    ("train time (s)", lambda a: na(a.mean("time_s"), lambda v: f"{v:.1f}")),
-    ("final val loss", lambda a: loss_cell(a.finals)),
-    ("final val acc", acc_cell),  # left out when no run has one (runs from before train.py measured it)
-    ("tokens/s", lambda a: na(a.mean("tokens_per_s"), lambda v: f"{v:.4g}")),
-    ("MFU", lambda a: na(a.mean("mfu"), lambda v: f"{100 * v:.2f}%")),
-    ("peak memory (MiB)", lambda a: na(max((r.result.get("peak_memory_bytes") or 0 for r in a.runs), default=None),
-                                       lambda v: f"{v / 2 ** 20:.1f}")),
-]
+def ci(pair: list[float] | None) -> str:
+    return "n/a" if pair is None else f"[{pair[0]:.3f}, {pair[1]:.3f}]"
 
 
 def table(rows: list[list[str]], header: list[str]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def results_section(arms: list[ArmSummary], base: ArmSummary | None, ref: tuple[dict | None, str],
-                    spec: StudySpec) -> list[str]:
-    acc = any(a.accs for a in arms)
-    cols = [c for c in COLUMNS if acc or c[0] != "final val acc"]
-    header = ["arm", *[c[0] for c in cols], f"p vs {base.name if base else 'baseline'} (Welch)"]
-    rows = [[a.name, *[fn(a) if a.runs else "not run" for _, fn in cols], p_cell(a, base)] for a in arms]
-    value, why = ref
-    if value is not None:
-        known = {"parameters": f"{value['parameters']:,}", "final val loss": f"{value['loss']:.4f}"}
-        rows.append(["pretrained GPT-2 (124M), reference", *[known.get(c[0], "—") for c in cols], "—"])
-    lines = ["## Results at equal budget", ""] + table(rows, header) + [""]
-    lines.append("Numbers are means over seeds (final validation loss: mean ± sample standard deviation"
-                 + ("; final validation accuracy: mean (min–max)" if acc else "")
-                 + "); FLOPs are training FLOPs counted by each model's `flops_per_token`; train time excludes "
-                 "evaluation; peak memory is the largest over seeds (GPU: allocator peak; CPU: process peak RSS). "
-                 "The p-value is Welch's two-sided t-test of the arm's final validation losses against the "
-                 "baseline's, over seeds (scipy.stats.ttest_ind, equal_var=False).")
-    if acc:
-        lines.append("Accuracy is the share of scored validation tokens whose most likely prediction is right: "
-                     "every next token for text; on synthetic tasks only the scored positions (the copied "
-                     "symbols, the queried values).")
-    if spec.reference == "gpt2":
-        lines += ["", f"Pretrained GPT-2 reference: {reference_note(value, why)}"]
-    return lines + batch_notes(arms) + [""]
+def role(name: str, arm: dict, base: str) -> str:
+    return "baseline" if name == base else "control" if arm["control"] else "subject"
 
 
-def batch_notes(arms: list[ArmSummary]) -> list[str]:
-    """Say where the arms' recipes differ beyond the model: the optimizer's batch, and the validation
-    windows (train.py draws them from seed, batch_size, eval_iters and block_size)."""
-    steps, windows = {}, {}
-    for a in arms:
-        if a.runs:
-            m, t = a.runs[0].config["model"], a.runs[0].config["train"]
-            steps[a.name] = f"{t['batch_size'] * t['grad_accum'] * m['block_size']:,}"
-            windows[a.name] = f"{t['batch_size']} x {t['eval_iters']} x {m['block_size']}"
-    notes = []
-    if len(set(steps.values())) > 1:
-        notes += ["", "Note: the arms train with different batches (tokens per optimizer step: "
-                  + ", ".join(f"{k} {v}" for k, v in steps.items()) + ")."]
-    if len(set(windows.values())) > 1:
-        notes += ["", "Note: the arms' validation losses are estimated on different validation windows "
-                  "(batch_size x eval_iters x block_size: " + ", ".join(f"{k} {v}" for k, v in windows.items()) + ")."]
-    return notes
-
-
-def reference_note(value: dict | None, why: str) -> str:
-    if value is None:
-        return f"skipped ({why})."
-    return (f"OpenAI's GPT-2 124M weights, not trained here (WebText, ~40 GB, far beyond this budget), scored on the "
-            f"baseline's first seed's validation windows ({value['tokens']:,} tokens in windows of "
-            f"{value['block_size']}); a ceiling for orientation, not an arm.")
-
-
-def seeds_section(arms: list[ArmSummary], seeds: list[int]) -> list[str]:
+def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """The main table: every arm at the largest budget."""
+    header = ["arm", "role", "lr", "seeds", "parameters", "FLOPs/token", "tokens seen", "train time (s)",
+              "val loss", "95% CI", "eval SE", "bits/byte", "minus bigram", f"Δ vs {summary['baseline']}",
+              "Δ 95% CI", "loss, first quarter", "loss, last quarter", "tokens/s", "MFU"]
+    acc = any("val_acc" in entries_top(arm) for arm in summary["arms"].values())
+    header += ["val acc"] if acc else []
     rows = []
-    for a in arms:
-        by_seed = {r.seed: f"{r.result['val_loss']:.4f}" for r in a.runs}
-        rows.append([a.name, *[by_seed.get(s, "—") for s in seeds]])
-    return ["## Final validation loss per seed", ""] + table(rows, ["arm", *[f"seed {s}" for s in seeds]]) + [""]
+    for name, arm in summary["arms"].items():
+        e = entries_top(arm)
+        lr = na(e["lr"], lambda v: f"{v:g}") + (" (edge)" if e["lr_at_edge"] else "")
+        rows.append([name, role(name, arm, summary["baseline"]), lr, str(len(e["seeds"])),
+                     na(arm["parameters"], lambda v: f"{v:,}"), na(arm["flops_per_token"], lambda v: f"{v:.4g}"),
+                     na(e.get("tokens"), lambda v: f"{round(v):,}"), na(e.get("time_s"), lambda v: f"{v:.1f}"),
+                     na(e["val_loss"]), ci(e.get("val_loss_ci95")), na(e.get("eval_se")),
+                     na(e.get("bits_per_byte")), na(e.get("margin_to_bigram"), lambda v: f"{v:+.3f}"),
+                     na(e.get("delta_vs_baseline"), lambda v: f"{v:+.3f}"), ci(e.get("delta_vs_baseline_ci95")),
+                     na(e.get("loss_first_quarter")), na(e.get("loss_last_quarter")),
+                     na(arm["tokens_per_s"], lambda v: f"{v:.4g}"), na(arm["mfu"], lambda v: f"{100 * v:.1f}%")]
+                    + ([na(e.get("val_acc"))] if acc else []))
+    return header, rows
 
 
-def lr_section(arms: list[ArmSummary]) -> list[str]:
-    gridded = [a for a in arms if a.grid]
-    if not gridded:
+def results_section(summary: dict, spec: StudySpec, gpt2: tuple[dict | None, str]) -> list[str]:
+    header, rows = results_rows(summary)
+    top = summary["budgets"][-1]
+    lines = [f"## Results at the largest budget ({top:g} {BUDGET_WORDS[summary['budget_kind']]})", ""]
+    lines += table(rows, header) + [""]
+    lines.append("Means over the reported seeds. The 95% intervals are percentile bootstraps over seeds and "
+                 "evaluation windows (every arm is scored on the same windows, and seed s gives every arm the same "
+                 "data order, so differences are paired); eval SE is the standard error of one run's loss over its "
+                 "windows (the evaluation noise). Bits per byte = nats/token x tokens / (bytes x ln 2) of the "
+                 "scored text. The first and last quarter are the mean loss at positions 1..T/4 and 3T/4..T of the "
+                 "window: a model that uses its context gets better along the window. '(edge)': the chosen lr is "
+                 "at the edge of its grid, so the optimum may lie outside it.")
+    value, why = gpt2
+    if spec.reference == "gpt2":
+        lines += ["", "Pretrained GPT-2 (124M, OpenAI's weights, not trained here) on the baseline's validation "
+                  "windows: " + (f"{value['loss']:.4f} nats/token." if value else f"skipped ({why}).")]
+    return lines + [""]
+
+
+def references_section(refs: dict | None, vocab: int | None) -> list[str]:
+    if refs is None:
         return []
-    lines = ["## Learning-rate choice", "",
-             "Arms with an lr grid are reported above at the lr with the lowest mean final validation loss "
-             "over seeds. The choice is made on the same seeds that are reported, a small optimistic bias "
-             "in those arms' favour.", ""]
-    rows = [[a.name, f"{lr:g}", na(loss, lambda v: f"{v:.4f}"), str(done) + (f" ({div} diverged)" if div else ""),
-             "**chosen**" if lr == a.lr else ""] for a in gridded for lr, loss, done, div in a.grid]
-    return lines + table(rows, ["arm", "lr", "mean final val loss", "seeds finished", ""]) + [""]
+    rows = [[name, f"{refs[name]:.4f}", na(refs.get(f"{name}_bits_per_byte"))]
+            for name in ("uniform", "unigram", "bigram")]
+    return ["## References", "",
+            f"Cross-entropy of simple models on exactly the validation windows the arms are scored on ({refs['tokens']:,} "
+            f"tokens, {refs['bytes']:,} bytes of text): a uniform guess over the {vocab} ids (ln V), the unigram "
+            "model of the train split (add-one smoothing) and its bigram model (interpolated Witten-Bell). A model "
+            "at the unigram level has learned nothing about mixing tokens; one above the bigram uses at most the "
+            "previous token.", ""] + table(rows, ["reference", "nats/token", "bits/byte"]) + [""]
+
+
+def verdict_section(summary: dict) -> list[str]:
+    """One sentence per subject arm where the interval of its difference to the baseline excludes zero."""
+    base, kind = summary["baseline"], summary["budget_kind"]
+    lines = ["## Verdict", ""]
+    for name, arm in summary["arms"].items():
+        if name == base or arm["control"]:
+            continue
+        e = entries_top(arm)
+        interval = e.get("delta_vs_baseline_ci95")
+        if interval is None or interval[0] <= 0 <= interval[1]:
+            lines.append(f"- {name}: no claim: the 95% interval of its difference to {base} "
+                         f"({ci(interval)}) includes zero or is missing.")
+            continue
+        word = "worse" if e["delta_vs_baseline"] > 0 else "better"
+        m = arm["compute_multiplier"] or []
+        trend = ""
+        if len(m) >= 2 and m[0] and m[-1]:
+            trend = (f"; the compute multiplier goes from {m[0]:.3g} to {m[-1]:.3g} over the budgets, so the gap "
+                     f"{'widens' if m[-1] < m[0] else 'closes'} with compute" if abs(m[-1] / m[0] - 1) > 0.1
+                     else "; the compute multiplier stays about constant over the budgets")
+        lines.append(f"- {name} is {word} than {base} at {e['budget']:g} {BUDGET_WORDS[kind]} by "
+                     f"{abs(e['delta_vs_baseline']):.3f} nats/token (95% CI {ci(interval)}){trend}.")
+    return lines + [""]
+
+
+def scaling_section(summary: dict) -> list[str]:
+    budgets = summary["budgets"]
+    rows = []
+    for name, arm in summary["arms"].items():
+        by_budget = {e["budget"]: e for e in arm["budgets"]}
+        losses = [na(by_budget[b]["val_loss"]) for b in budgets]
+        fit = (arm["power_law"] or {}).get("flops")
+        mult = arm["compute_multiplier_by_axis"] or {}
+        cells = [" / ".join(na(v, lambda x: f"{x:.3g}") for v in mult.get(axis, [None] * len(budgets)))
+                 if mult else "baseline" for axis in ("flops", "time_s", "tokens")]
+        rows.append([name, *losses, na(fit[1] if fit else None, lambda v: f"{v:.3f}"), *cells])
+    header = ["arm", *[f"loss at {b:g}" for b in budgets], "power-law exponent (FLOPs)",
+              *[f"multiplier ({AXIS_WORDS[a]}), by budget" for a in ("flops", "time_s", "tokens")]]
+    return ["## Loss against compute", "",
+            "Final validation loss at each budget (mean over seeds), the exponent b of a power law L = a C^-b fitted "
+            "to it, and the compute multiplier: how many times the arm's compute (FLOPs, wall-clock or tokens) the "
+            f"baseline ({summary['baseline']}) needs to reach the arm's loss, read off the baseline's own power law. "
+            "Below 1 the baseline is more efficient; a multiplier that falls with the budget means the gap widens "
+            "with compute. Outside the baseline's measured losses the law is extrapolated.", ""] + table(rows, header) + [
+            "", "![frontier.png](frontier.png)", ""]
+
+
+def health_section(summary: dict) -> list[str]:
+    rows = []
+    for name, arm in summary["arms"].items():
+        e = entries_top(arm)
+        share = arm.get("front_gradient_share")
+        rows.append([name, na(e.get("margin_to_bigram"), lambda v: f"{v:+.3f}"),
+                     (na(e.get("delta_vs_front"), lambda v: f"{v:+.3f}") + " " + ci(e.get("delta_vs_front_ci95")))
+                     if arm["front"] else "—",
+                     f"{share[0]:.3f} → {share[1]:.3f}" if share else "n/a", "; ".join(arm["health"]) or "ok"])
+    return ["## Training health", "",
+            "An arm that cannot beat its own front (the same embedding and warm-up without the image stage), or "
+            "that sits at the unigram level, shows a defect before it shows a result. The gradient share is the "
+            "norm of the gradient reaching the embedding and front blocks over the whole gradient norm, at the "
+            "first and last logged step (metrics.jsonl keeps every component's norm).", ""] + table(
+        rows, ["arm", "minus bigram", "Δ vs its front [95% CI]", "front gradient share", "flags"]) + [""]
+
+
+def lr_section(cells: dict[tuple[str, float], Cell], spec: StudySpec) -> list[str]:
+    rows = [[c.arm, f"{c.budget:g}", f"{g.lr:g}", na(g.loss), str(g.finished) + (f" ({g.diverged} diverged)" if
+            g.diverged else ""), ("**chosen**" + (" (edge)" if c.at_edge else "")) if g.lr == c.lr else ""]
+            for c in cells.values() for g in c.grid]
+    if not rows:
+        return []
+    on = (f"the tuning seeds {spec.tune_seeds}, disjoint from the reported seeds {spec.seeds}" if spec.tune_seeds
+          else "the reported seeds themselves (no tune_seeds: an optimistic choice)")
+    return ["## Learning rates", "", f"Each arm with a grid is reported at each budget at the lr with the lowest "
+            f"mean final validation loss over {on}.", ""] + table(
+        rows, ["arm", "budget", "lr", "mean final val loss", "seeds finished", ""]) + [""]
 
 
 def accuracy_section(sweep: Sweep, study: str, out_dir: Path) -> list[str]:
@@ -169,36 +194,34 @@ def accuracy_section(sweep: Sweep, study: str, out_dir: Path) -> list[str]:
     return lines + [f"![{p}]({p})" for p in plots] + ([""] if plots else [])
 
 
-def samples_section(arms: list[ArmSummary], spec: StudySpec, cache: Cache) -> list[str]:
-    finished = [a for a in arms if a.runs]
-    if finished and all(is_synthetic(a) for a in finished):
+def samples_section(top: list[Cell], spec: StudySpec, cache: Cache) -> list[str]:
+    finished = [c for c in top if c.runs]
+    if finished and all(is_synthetic(c) for c in finished):
         return ["## Samples", "", "None: the arms train on synthetic tasks, whose tokens have no text tokenizer "
                 "to decode them; their accuracy is reported above.", ""]
     s = spec.sample
-    lines = ["## Samples", "", f"Each arm's run at its reported lr with the first seed, on the CPU: "
+    lines = ["## Samples", "", f"Each arm's first reported seed at the largest budget, on the CPU: "
              f"temperature {s.temperature}, top-k {s.top_k}, {s.max_new_tokens} new tokens, generator seed {s.seed}, "
              f"prompt {'given in the study file' if s.prompt else f'the first {s.prompt_tokens} validation tokens'}.",
              ""]
-    for a in arms:
-        if not a.runs:
-            continue
-        if is_synthetic(a):
-            lines += [f"**{a.name}**: no sample (a synthetic task: no text tokenizer)", ""]
+    for c in finished:
+        if is_synthetic(c):
+            lines += [f"**{c.arm}**: no sample (a synthetic task: no text tokenizer)", ""]
             continue
         try:
-            prompt, text = sample_text(a.runs[0], s, cache)
+            prompt, text = sample_text(c.runs[0], s, cache)
         except Exception as e:  # a run without checkpoints still gets its row in the report
-            lines += [f"**{a.name}**: no sample ({type(e).__name__}: {e})", ""]
+            lines += [f"**{c.arm}**: no sample ({type(e).__name__}: {e})", ""]
             continue
         body = (f"[prompt] {prompt}\n[continuation] {text}").replace("````", "` ` ` `")
-        lines += [f"**{a.name}** (seed {a.runs[0].seed}, lr {a.lr:g}):", "", "````text", body, "````", ""]
+        lines += [f"**{c.arm}** (seed {c.runs[0].seed}, lr {c.lr:g}):", "", "````text", body, "````", ""]
     return lines
 
 
-def environment_section(arms: list[ArmSummary]) -> list[str]:
+def environment_section(top: list[Cell]) -> list[str]:
     seen: dict[str, list[str]] = {}
-    for a in arms:
-        for r in a.runs:
+    for c in top:
+        for r in c.runs:
             j = r.run
             git = j.get("git") or {}
             name = j.get("device_name")
@@ -206,48 +229,81 @@ def environment_section(arms: list[ArmSummary]) -> list[str]:
                     f"process(es), {j.get('dtype')}, {j.get('threads')} threads, torch {j.get('torch')}, python "
                     f"{j.get('python')}, commit {(git.get('commit') or 'unknown')[:12]}"
                     f"{' (uncommitted changes)' if git.get('dirty') else ''}")
-            if a.name not in seen.setdefault(line, []):
-                seen[line].append(a.name)
+            if c.arm not in seen.setdefault(line, []):
+                seen[line].append(c.arm)
     return ["## Hardware and code", ""] + [f"- {k}: {', '.join(v)}" for k, v in seen.items()] + [""]
 
 
-def pick_baseline(spec: StudySpec, arms: list[ArmSummary], model_names: dict[str, str]) -> ArmSummary | None:
-    name = spec.baseline or next((a.name for a in spec.arms if model_names.get(a.name) == "gpt"), spec.arms[0].name)
-    return next((a for a in arms if a.name == name), None)
+def recipe_notes(top: list[Cell]) -> list[str]:
+    """Where the arms' recipes differ beyond the model: the optimizer's batch, or the validation windows."""
+    steps, windows = {}, {}
+    for c in top:
+        if c.runs:
+            m, t = c.runs[0].config["model"], c.runs[0].config["train"]
+            steps[c.arm] = f"{t['batch_size'] * t['grad_accum'] * m['block_size']:,}"
+            windows[c.arm] = f"{t.get('eval_batch_size') or t['batch_size']} x {t['eval_iters']} x {m['block_size']}"
+    notes = []
+    if len(set(steps.values())) > 1:
+        notes += ["Note: the arms train with different batches (tokens per optimizer step: "
+                  + ", ".join(f"{k} {v}" for k, v in steps.items()) + ").", ""]
+    if len(set(windows.values())) > 1:
+        notes += ["Note: the arms are scored on different validation windows (windows per batch x batches x tokens: "
+                  + ", ".join(f"{k} {v}" for k, v in windows.items()) + "); their differences are not paired.", ""]
+    return notes
+
+
+def pick_baseline(spec: StudySpec, models: dict[str, str]) -> str:
+    return spec.baseline or next((a.name for a in spec.arms if models.get(a.name) == "gpt"), spec.arms[0].name)
 
 
 def budget_line(spec: StudySpec) -> str:
-    kind, value = spec.budget.item()
-    return (f"Budget per run: {value:g} {BUDGET_WORDS[kind]} (`{BUDGET_KEYS[kind]}`), the same for every arm; "
-            f"{spec.n_evals} evaluations at even fractions of it; seeds {spec.seeds}.")
+    kind = spec.budget.kind
+    values = ", ".join(f"{v:g}" for v in spec.budget.values)
+    shared = (" Smaller budgets continue from the largest budget's run at the step where their own wsd decay "
+              "starts (bit-identical to training them alone)." if len(spec.budget.values) > 1 and spec.share_runs
+              and kind != "time_s" else "")
+    return (f"Budgets per run: {values} {BUDGET_WORDS[kind]}, the same for every arm; {spec.n_evals} evaluations "
+            f"at even fractions of each; reported seeds {spec.seeds}"
+            f"{f', learning rates tuned on seeds {spec.tune_seeds}' if spec.tune_seeds else ''}.{shared}")
 
 
-def write_report(spec: StudySpec, text: str, model_names: dict[str, str], out_dir: Path, runs: list) -> Path:
-    """Plots and report.md in out_dir from the planned runs (objects with arm, lr, seed, out_dir)."""
+def write_report(spec: StudySpec, text: str, models: dict[str, str], out_dir: Path, tuning: list,
+                 reported: list) -> tuple[Path, str]:
+    """Plots, summary.json and report.md in out_dir from the planned runs; returns the report's path and
+    the main table as text (for the terminal)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    grouped: dict[str, dict[float, list]] = {a.name: {} for a in spec.arms}
-    for r in runs:
-        grouped[r.arm].setdefault(r.lr, []).append((r.seed, r.out_dir))
-    arms = [summarize_arm(name, by_lr) for name, by_lr in grouped.items() if by_lr]
-    base = pick_baseline(spec, arms, model_names)
+    names, budgets = [a.name for a in spec.arms], spec.budget.values
+    cells = make_cells(names, budgets, tuning, reported)
+    top = [cells[(n, budgets[-1])] for n in names]
+    base = pick_baseline(spec, models)
+    first = next((c.runs[0] for c in top if c.runs), None)
+    ref = study_reference(first.config) if first is not None else None
+    summary = summarize(spec, cells, models, base, ref)
     cache = Cache(out_dir / "cache.json")
-    ref: tuple[dict | None, str] = (None, "no finished baseline run")
-    if spec.reference == "gpt2" and base is not None and base.runs:
+    gpt2: tuple[dict | None, str] = (None, "no finished baseline run")
+    if spec.reference == "gpt2" and cells[(base, budgets[-1])].runs:
         try:
-            ref = gpt2_reference(base.runs[0], cache)
+            gpt2 = gpt2_reference(cells[(base, budgets[-1])].runs[0], cache)
         except Exception as e:  # an extra line of the report; never the reason it is missing
-            ref = (None, f"failed: {type(e).__name__}: {e}")
-    vocab = next((int(a.runs[0].config["model"]["vocab_size"]) for a in arms if a.runs), None)
-    sweep = find_sweep(arms)
-    plots = write_plots(arms, vocab, spec.name, out_dir, acc=sweep is not None)
+            gpt2 = (None, f"failed: {type(e).__name__}: {e}")
+    vocab = int(first.config["model"]["vocab_size"]) if first is not None else None
+    sweep = find_sweep(top)
+    curves = write_curves(top, vocab, summary["references"], spec.name, out_dir, acc=sweep is not None)
+    plot_frontier(summary, vocab, out_dir / "frontier.png")
+    plot_by_position(summary, summary["references"], out_dir / "loss_by_position.png")
     lines = [f"# Study {spec.name}", ""] + ([spec.description, ""] if spec.description else [])
-    lines += [budget_line(spec), ""]
-    lines += results_section(arms, base, ref, spec) + seeds_section(arms, spec.seeds) + lr_section(arms)
-    lines += accuracy_section(sweep, spec.name, out_dir) if sweep is not None else []
-    lines += ["## Curves", ""] + [f"![{p}]({p})" for p in plots] + [""]
-    lines += samples_section(arms, spec, cache) + environment_section(arms)
+    lines += [budget_line(spec), ""] + (["## Notes", "", spec.notes.strip(), ""] if spec.notes else [])
+    lines += references_section(summary["references"], vocab) + results_section(summary, spec, gpt2)
+    lines += recipe_notes(top) + verdict_section(summary) + scaling_section(summary) + health_section(summary)
+    lines += lr_section(cells, spec) + (accuracy_section(sweep, spec.name, out_dir) if sweep is not None else [])
+    lines += ["## Curves", ""] + [f"![{p}]({p})" for p in [*curves, "loss_by_position.png"]] + [""]
+    lines += samples_section(top, spec, cache) + environment_section(top)
     lines += ["## Study file", "", "```toml", text.rstrip("\n"), "```", ""]
     (out_dir / "study.toml").write_text(text)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
-    return path
+    header, rows = results_rows(summary)
+    keep = [header.index(h) for h in ("arm", "role", "lr", "val loss", "95% CI", "bits/byte", "minus bigram",
+                                      f"Δ vs {base}", "Δ 95% CI")]
+    return path, "\n".join(table([[r[i] for i in keep] for r in rows], [header[i] for i in keep]))

@@ -1,13 +1,13 @@
-"""What a study's runs produced: finished runs read back, summarised per arm, and tested.
+"""What a study's runs produced: finished runs read back, each arm's lr chosen per budget, and each arm at
+each budget summarised over its reported seeds.
 
-Only finished runs count (train.py writes result.json last). An arm with an lr grid is summarised at
-the lr with the lowest mean final validation loss over its seeds; the report says so, and that the
-choice uses the same seeds it then reports (a mild optimistic bias a held-out seed set would remove).
+Only finished runs count (train.py writes result.json last). An arm with an lr grid is reported, at
+each budget, at the lr with the lowest mean final validation loss over its tuning seeds (the reported
+seeds when the study has none, which the report marks as optimistic).
 """
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,19 +21,37 @@ class RunResult:
     arm: str
     lr: float
     seed: int
+    budget: float
     path: Path
     result: dict           # result.json: the final figures
     run: dict              # run.json: environment, parameter counts
     config: dict           # config.json: the resolved config
     evals: list[dict]      # the metrics.jsonl lines that carry val_loss, in order
 
+    @property
+    def window_losses(self) -> np.ndarray | None:
+        """The final evaluation's loss per validation window (the same windows in every run), or None."""
+        values = self.result.get("val_window_losses")
+        return np.asarray(values, dtype=np.float64) if values else None
+
 
 @dataclass
-class ArmSummary:
-    name: str
-    lr: float | None                       # the lr whose runs are reported (None: nothing finished)
-    runs: list[RunResult]                  # finished runs at that lr, by seed
-    grid: list[tuple[float, float | None, int, int]] = field(default_factory=list)  # (lr, mean val, n done, n diverged)
+class GridRow:
+    lr: float
+    loss: float | None     # mean final val loss over the tuning seeds that finished
+    finished: int
+    diverged: int
+
+
+@dataclass
+class Cell:
+    """One arm at one budget: its reported runs at the chosen lr, and how that lr was chosen."""
+    arm: str
+    budget: float
+    lr: float | None                       # None: nothing finished
+    runs: list[RunResult]                  # finished reported runs at that lr, by seed
+    grid: list[GridRow] = field(default_factory=list)  # the tuning table (empty without a grid)
+    at_edge: bool = False                  # the chosen lr is the smallest or the largest of the grid
 
     @property
     def finals(self) -> list[float]:
@@ -48,31 +66,38 @@ class ArmSummary:
 
     @property
     def accs(self) -> list[float]:
-        """Final validation accuracy per seed; [] unless every run has one (a run from before accuracy
-        was measured has none, and a mean over some seeds only would mislead)."""
-        values = [final_acc(r) for r in self.runs]
+        """Final validation accuracy per seed; [] unless every run has one."""
+        values = [r.result.get("val_acc") for r in self.runs]
         return values if values and None not in values else []
 
+    def windows(self) -> np.ndarray | None:
+        """(seeds, windows) final validation losses, or None if a run lacks them."""
+        rows = [r.window_losses for r in self.runs]
+        return np.stack(rows) if rows and all(w is not None for w in rows) else None
 
-def final_acc(run: RunResult) -> float | None:
-    """result.json's val_acc, else the last evaluation's (runs finished before train.py copied it into
-    result.json; their last evaluation line is the final one)."""
-    value = run.result.get("val_acc")
-    return value if value is not None or not run.evals else run.evals[-1].get("val_acc")
+    def by_position(self) -> np.ndarray | None:
+        """Mean over seeds of the loss at each position of the window, or None."""
+        rows = [r.result.get("val_loss_by_position") for r in self.runs]
+        return np.mean(rows, axis=0) if rows and all(rows) else None
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def load_run(arm: str, lr: float, seed: int, path: Path) -> RunResult | None:
+def load_run(arm: str, lr: float, seed: int, budget: float, path: Path) -> RunResult | None:
     """The run in `path` if it finished, else None."""
     if not (path / "result.json").is_file():
         return None
     evals = [m for m in read_jsonl(path / "metrics.jsonl") if "val_loss" in m]
-    return RunResult(arm, lr, seed, path, json.loads((path / "result.json").read_text()),
+    return RunResult(arm, lr, seed, budget, path, json.loads((path / "result.json").read_text()),
                      json.loads((path / "run.json").read_text()), json.loads((path / "config.json").read_text()),
                      evals)
+
+
+def load(runs: list) -> list[RunResult]:
+    """The finished ones of planned runs (objects with arm, lr, seed, budget, out_dir)."""
+    return [r for run in runs if (r := load_run(run.arm, run.lr, run.seed, run.budget, run.out_dir)) is not None]
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -81,42 +106,54 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None)
 
 
-def welch(a: list[float], b: list[float]) -> dict | None:
-    """Welch's t-test (unequal variances) of two samples: {t, df, p} (two-sided), None with < 2 values in
-    either. Zero variance in both gives p = nan (scipy's answer): the test has nothing to say."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    from scipy import stats
-    res = stats.ttest_ind(a, b, equal_var=False)
-    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else math.nan
-    return {"t": float(res.statistic), "df": float(df), "p": float(res.pvalue)}
+def grid_rows(tuning: list, finished: list[RunResult], arm: str, budget: float) -> list[GridRow]:
+    """The tuning table of one arm at one budget: per lr, the mean over tuning seeds that finished."""
+    rows = []
+    for lr in sorted({r.lr for r in tuning if r.arm == arm and r.budget == budget}):
+        planned = [r for r in tuning if (r.arm, r.budget, r.lr) == (arm, budget, lr)]
+        done = [f.result["val_loss"] for f in finished if (f.arm, f.budget, f.lr) == (arm, budget, lr)]
+        rows.append(GridRow(lr, float(np.mean(done)) if done else None, len(done), sum(r.diverged for r in planned)))
+    return rows
 
 
-def summarize_arm(name: str, by_lr: dict[float, list[tuple[int, Path]]]) -> ArmSummary:
-    """Read one arm's runs ({lr: [(seed, path)]}) and pick its lr: lowest mean final val loss among the
-    lrs whose seeds all finished (else among any with a finished run); ties go to the smaller lr."""
-    finished: dict[float, list[RunResult]] = {}
-    grid = []
-    for lr, seeds in sorted(by_lr.items()):
-        runs = [r for seed, path in seeds if (r := load_run(name, lr, seed, path)) is not None]
-        diverged = sum((path / DIVERGED).is_file() for _, path in seeds)
-        finished[lr] = runs
-        grid.append((lr, mean_std([r.result["val_loss"] for r in runs])[0] if runs else None, len(runs), diverged))
-    complete = [g for g in grid if g[2] == len(by_lr[g[0]])] or [g for g in grid if g[2]]
-    if not complete:
-        return ArmSummary(name, None, [], grid)
-    lr = min(complete, key=lambda g: (g[1], g[0]))[0]
-    return ArmSummary(name, lr, sorted(finished[lr], key=lambda r: r.seed), grid if len(grid) > 1 else [])
+def choose_lrs(tuning: list) -> dict[str, dict[float, float]]:
+    """{arm: {budget: lr}}: per arm and budget, the lr with the lowest mean final val loss among those
+    whose tuning seeds all finished (else among any that finished); ties go to the smaller lr."""
+    finished = load(tuning)
+    chosen: dict[str, dict[float, float]] = {}
+    for arm, budget in sorted({(r.arm, r.budget) for r in tuning}):
+        rows = grid_rows(tuning, finished, arm, budget)
+        n_seeds = len({r.seed for r in tuning if r.arm == arm})
+        complete = [g for g in rows if g.finished == n_seeds] or [g for g in rows if g.finished]
+        if complete:
+            chosen.setdefault(arm, {})[budget] = min(complete, key=lambda g: (g.loss, g.lr)).lr
+    return chosen
 
 
-def curve(arm: ArmSummary, x_key: str, y_key: str = "val_loss") -> tuple[np.ndarray, ...] | None:
+def cells(arms: list[str], budgets: list[float], tuning: list, reported: list) -> dict[tuple[str, float], Cell]:
+    """Every (arm, budget): the reported runs at the chosen lr and the tuning table."""
+    chosen = choose_lrs(tuning)
+    tuned, done = load(tuning), load(reported)
+    out = {}
+    for arm in arms:
+        for budget in budgets:
+            grid = grid_rows(tuning, tuned, arm, budget)
+            lr = chosen.get(arm, {}).get(budget)
+            if not grid:  # no grid: the arm's one lr
+                lr = next((r.lr for r in reported if (r.arm, r.budget) == (arm, budget)), None)
+            runs = sorted((r for r in done if (r.arm, r.budget, r.lr) == (arm, budget, lr)), key=lambda r: r.seed)
+            edge = bool(grid) and lr is not None and lr in (grid[0].lr, grid[-1].lr)
+            out[(arm, budget)] = Cell(arm, budget, lr, runs, grid, edge)
+    return out
+
+
+def curve(cell: Cell, x_key: str, y_key: str = "val_loss") -> tuple[np.ndarray, ...] | None:
     """(x mean, y mean, y min, y max) over seeds, point by point (None if some evaluation lacks y_key).
     With n_evals the k-th evaluation of every seed falls at the same fraction of the budget, so points
     are matched by index."""
-    if not arm.runs or any(y_key not in e for r in arm.runs for e in r.evals):
+    if not cell.runs or any(y_key not in e for r in cell.runs for e in r.evals):
         return None
-    n = min(len(r.evals) for r in arm.runs)
-    xs = np.array([[r.evals[i][x_key] for i in range(n)] for r in arm.runs], dtype=np.float64)  # (seeds, n)
-    ys = np.array([[r.evals[i][y_key] for i in range(n)] for r in arm.runs], dtype=np.float64)
+    n = min(len(r.evals) for r in cell.runs)
+    xs = np.array([[r.evals[i][x_key] for i in range(n)] for r in cell.runs], dtype=np.float64)  # (seeds, n)
+    ys = np.array([[r.evals[i][y_key] for i in range(n)] for r in cell.runs], dtype=np.float64)
     return xs.mean(0), ys.mean(0), ys.min(0), ys.max(0)

@@ -1,20 +1,22 @@
-"""The study file: a TOML list of arms trained at one shared budget, validated like a config.
+"""The study file: a TOML list of arms trained at one or several shared budgets, validated like a config.
 
     name = "default"
-    seeds = [0, 1, 2]
+    seeds = [1, 2, 3]             # the seeds reported
+    tune_seeds = [0]              # the seeds each arm's learning rate is chosen on (disjoint from seeds)
     n_evals = 8
-    [budget]                      # exactly one of flops, time_s, tokens, iters
-    flops = 3e12
+    [budget]                      # exactly one of flops, time_s, tokens, iters: a value or a list
+    flops = [1e12, 3e12, 1e13]
     [common]                      # dotted config keys applied to every arm
     "data.dataset" = "owt_sample"
     [[arm]]
     name = "gpt"
     config = "configs/tiny_gpt.toml"
     overrides = { "model.n_layer" = 2 }
-    lrs = [1e-3, 3e-3]            # optional grid; the report picks each arm's best lr and says so
+    lrs = [1e-3, 2e-3, 4e-3, 8e-3]  # a grid: the lr of each budget is the tuning seeds' best
 
-Every key is checked with config.build, so a typo is a ConfigError naming the valid keys. Overrides
-become `--section.key=value` strings read back by config.apply_overrides, the parser train.py uses.
+Every key is checked with schema.build, so a typo is a ConfigError naming the valid keys. Overrides
+become `--section.key=value` strings read back by schema.apply_overrides, the parser train.py uses.
+`python study.py --help` lists every key (schema.describe).
 """
 from __future__ import annotations
 
@@ -24,14 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schema import ConfigError, build, load_toml, toml_literal
+from schema import ConfigError, build, load_toml, option, toml_literal
 
 # [budget] key -> the train.py key that carries it
 BUDGET_KEYS = {"flops": "train.max_flops", "time_s": "train.max_time_s", "tokens": "train.max_tokens",
                "iters": "train.max_iters"}
 # Keys the study sets for every run; an override of one would silently break the comparison.
 STUDY_KEYS = ("train.out_dir", "train.seed", "train.init_from", "train.n_evals", "wandb.group", "wandb.run_name",
-              *BUDGET_KEYS.values(), "train.max_flops", "train.max_time_s", "train.max_tokens")
+              "train.fork_steps", *BUDGET_KEYS.values())
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a folder name and part of a wandb id
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,48 +46,65 @@ def in_root(path: str | Path) -> Path:
 
 @dataclass
 class BudgetSpec:
-    flops: float | None = None     # training FLOPs (counted by each model's flops_per_token)
-    time_s: float | None = None    # training wall-clock seconds, evaluation excluded
-    tokens: int | None = None      # training tokens, all processes
-    iters: int | None = None       # optimizer steps (equal compute only for equal models)
+    flops: float | list[float] | None = option(None, "training FLOPs (counted by each model's flops_per_token)")
+    time_s: float | list[float] | None = option(None, "training wall-clock seconds, evaluation excluded")
+    tokens: int | list[int] | None = option(None, "training tokens, all processes")
+    iters: int | list[int] | None = option(None, "optimizer steps (equal compute only for equal models)")
 
-    def item(self) -> tuple[str, float]:
-        """(kind, value) of the one budget that is set."""
+    @property
+    def kind(self) -> str:
         (kind,) = [k for k in BUDGET_KEYS if getattr(self, k) is not None]
-        return kind, getattr(self, kind)
+        return kind
+
+    @property
+    def values(self) -> list[float]:
+        """The budgets, smallest first."""
+        value = getattr(self, self.kind)
+        return sorted(value if isinstance(value, list) else [value])
 
 
 @dataclass
 class SampleSpec:
-    prompt: str = ""               # "" : the first prompt_tokens tokens of the validation split
-    prompt_tokens: int = 16
-    max_new_tokens: int = 60
-    temperature: float = 0.8
-    top_k: int = 200
-    seed: int = 1337
+    prompt: str = option("", "the prompt; empty: the first prompt_tokens tokens of the validation split")
+    prompt_tokens: int = option(16, "tokens of the validation split used as the prompt")
+    max_new_tokens: int = option(60, "tokens sampled after the prompt")
+    temperature: float = option(0.8, "sampling temperature")
+    top_k: int = option(200, "sample among the k most likely tokens")
+    seed: int = option(1337, "generator seed")
 
 
 @dataclass
 class ArmSpec:
-    name: str = ""
-    config: str = ""               # a train.py config file
-    overrides: Any = field(default_factory=dict)   # {"section.key": value} or nested tables
-    lrs: list[float] = field(default_factory=list)  # empty: the config's optim.lr
+    name: str = option("", "the arm's name (a folder name)")
+    config: str = option("", "a train.py config file")
+    overrides: Any = option({}, "{\"section.key\" = value} or nested tables, laid over [common]")
+    lrs: list[float] = option([], "learning-rate grid (>= 4 values over a decade to bracket the optimum); empty: "
+                              "the config's optim.lr")
+    control: bool = option(False, "a control arm (reported, never the subject of a verdict)")
+    front: str = option("", "the arm that is this arm's front alone: the health check flags this arm if it is "
+                        "worse than its own front")
 
 
 @dataclass
 class StudySpec:
-    name: str = ""
-    description: str = ""
-    out_dir: str = ""              # default studies/<name>
-    seeds: list[int] = field(default_factory=lambda: [0])
-    n_evals: int = 10              # evaluations at evenly spaced fractions of the budget
-    baseline: str = ""             # arm the others are tested against; "" : the first GPT arm, else the first arm
-    reference: str = "gpt2"        # "gpt2": a pretrained GPT-2 row when its weights load offline or online; "": none
+    name: str = option("", "the study's name (a folder name)")
+    description: str = option("", "a paragraph at the top of the report")
+    notes: str = option("", "a section of the report (markdown): what the arms are and why")
+    out_dir: str = option("", "where runs, plots and the report go; empty: studies/<name>")
+    seeds: list[int] = option([0], "the seeds reported (each seed: the same initial data order in every arm)")
+    tune_seeds: list[int] = option([], "the seeds each arm's lr is chosen on, disjoint from seeds; empty: chosen "
+                                   "on the reported seeds (the report marks it as optimistic)")
+    n_evals: int = option(10, "evaluations at even fractions of each run's budget")
+    share_runs: bool = option(True, "several budgets: one wsd run per arm, lr and seed whose shorter budgets "
+                              "continue from its checkpoints (bit-identical to separate runs, ~1/3 cheaper); "
+                              "false: separate runs with the configs' own schedule")
+    baseline: str = option("", "the arm the others are compared with; empty: the first GPT arm, else the first arm")
+    reference: str = option("gpt2", "gpt2: a pretrained GPT-2 row when its weights load; empty: none",
+                            ("gpt2", ""))
     budget: BudgetSpec = field(default_factory=BudgetSpec)
-    common: Any = field(default_factory=dict)
+    common: Any = option({}, "dotted config keys applied to every arm")
     sample: SampleSpec = field(default_factory=SampleSpec)
-    arm: Any = field(default_factory=list)
+    arm: Any = option([], "the arms: [[arm]] tables")
 
     @property
     def arms(self) -> list[ArmSpec]:
@@ -133,16 +152,18 @@ def validate(spec: StudySpec) -> StudySpec:
         raise ConfigError(f"name = {spec.name!r}: give the study a name of letters, digits, _ . - (it names a folder)")
     set_budgets = [k for k in BUDGET_KEYS if getattr(spec.budget, k) is not None]
     if len(set_budgets) != 1:
-        raise ConfigError(f"[budget] must set exactly one of {', '.join(BUDGET_KEYS)} (one shared budget makes "
+        raise ConfigError(f"[budget] must set exactly one of {', '.join(BUDGET_KEYS)} (shared budgets make "
                           f"the arms comparable); got {', '.join(set_budgets) or 'none'}")
-    if not spec.budget.item()[1] > 0:
-        raise ConfigError(f"budget.{set_budgets[0]} must be positive")
+    values = spec.budget.values
+    if not values or min(values) <= 0 or len(set(values)) != len(values):
+        raise ConfigError(f"budget.{set_budgets[0]} must be positive and distinct, got {values}")
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {spec.seeds}")
+    if len(set(spec.tune_seeds)) != len(spec.tune_seeds) or set(spec.tune_seeds) & set(spec.seeds):
+        raise ConfigError(f"tune_seeds {spec.tune_seeds} must be distinct and disjoint from seeds {spec.seeds}: "
+                          f"an lr chosen on the reported seeds flatters the arms")
     if spec.n_evals <= 0:
         raise ConfigError(f"n_evals must be positive, got {spec.n_evals}")
-    if spec.reference not in ("", "gpt2"):
-        raise ConfigError(f"reference = {spec.reference!r}; valid choices: gpt2, \"\" (none)")
     spec.common = flatten(spec.common, "[common]")
     if not isinstance(spec.arm, list) or not spec.arm:
         raise ConfigError("the study has no arms; add at least one [[arm]] table with name and config")
@@ -150,15 +171,25 @@ def validate(spec: StudySpec) -> StudySpec:
     names = [a.name for a in spec.arms]
     if len(set(names)) != len(names):
         raise ConfigError(f"arm names must be distinct, got {names}")
+    reserved = set(STUDY_KEYS) | ({"optim.schedule"} if shares_runs(spec) else set())
     for where, table in [("[common]", spec.common)] + [(f"arm {a.name}", a.overrides) for a in spec.arms]:
-        taken = sorted(set(table) & set(STUDY_KEYS))
+        taken = sorted(set(table) & reserved)
         if taken:
             raise ConfigError(f"{where} sets {taken[0]}, which the study sets for every run (out_dir, seed, "
-                              f"budget and evaluation points come from the study file's own keys)")
+                              f"budget, evaluation points and the shared wsd schedule come from the study file's "
+                              f"own keys)")
     if spec.baseline and spec.baseline not in names:
         raise ConfigError(f"baseline = {spec.baseline!r} is not an arm; arms: {', '.join(names)}")
+    for arm in spec.arms:
+        if arm.front and arm.front not in names:
+            raise ConfigError(f"arm {arm.name}: front = {arm.front!r} is not an arm; arms: {', '.join(names)}")
     spec.out_dir = spec.out_dir or f"studies/{spec.name}"
     return spec
+
+
+def shares_runs(spec: StudySpec) -> bool:
+    """Several step-counted budgets trained as one wsd run with forks (see StudySpec.share_runs)."""
+    return spec.share_runs and len(spec.budget.values) > 1 and spec.budget.kind != "time_s"
 
 
 def load_study(path: str | Path) -> tuple[StudySpec, str]:

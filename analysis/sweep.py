@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.results import ArmSummary
+from analysis.results import Cell
 from data import SYNTHETIC_TASKS
 
 DIFFICULTY = {"data.task_pairs": "K", "model.block_size": "T", "data.task_vocab": "V"}  # key -> short name
@@ -25,13 +25,13 @@ DERIVED = ("model.name", WIDTH, "model.vocab_size", "optim.lr")  # named anyway;
 Point = tuple[Any, float, float, float]  # (x, mean accuracy over seeds, min, max)
 
 
-def settings(arm: ArmSummary) -> dict[str, Any]:
+def settings(arm: Cell) -> dict[str, Any]:
     """The arm's resolved model, data and optim settings as dotted keys (its first run's config.json)."""
     config = arm.runs[0].config
     return {f"{s}.{k}": v for s in SECTIONS for k, v in (config.get(s) or {}).items()}
 
 
-def is_synthetic(arm: ArmSummary) -> bool:
+def is_synthetic(arm: Cell) -> bool:
     return bool(arm.runs) and (arm.runs[0].config.get("data") or {}).get("dataset") in SYNTHETIC_TASKS
 
 
@@ -42,7 +42,7 @@ def most_common(values: list) -> Any:
 
 @dataclass
 class Sweep:
-    arms: list[ArmSummary]        # finished synthetic arms with a final val_acc, in study order
+    arms: list[Cell]        # finished synthetic arms with a final val_acc, in study order
     conf: dict[str, dict]         # arm name -> settings()
     swept: list[str]              # difficulty keys that vary across the arms, in DIFFICULTY's order
     centre: dict[str, Any]        # every difficulty key's and the width's most common value
@@ -51,10 +51,10 @@ class Sweep:
 
     @property
     def width_swept(self) -> bool:
-        return len({self.conf[a.name].get(WIDTH) for a in self.arms}) > 1
+        return len({self.conf[a.arm].get(WIDTH) for a in self.arms}) > 1
 
-    def setting(self, arm: ArmSummary) -> tuple:
-        return tuple(self.conf[arm.name].get(k) for k in self.swept)
+    def setting(self, arm: Cell) -> tuple:
+        return tuple(self.conf[arm.arm].get(k) for k in self.swept)
 
     def slice(self, key: str) -> dict[str, list[Point]]:
         """{line: points sorted by x} along `key` (a difficulty key, or WIDTH at the centre difficulty)."""
@@ -62,46 +62,46 @@ class Sweep:
         names = self.models if key == WIDTH else self.lines
         out: dict[str, list[Point]] = {}
         for a in self.arms:
-            c = self.conf[a.name]
+            c = self.conf[a.arm]
             if all(c.get(k) == self.centre[k] for k in others):
-                out.setdefault(names[a.name], []).append((c.get(key), *acc_stats(a)))
+                out.setdefault(names[a.arm], []).append((c.get(key), *acc_stats(a)))
         return {line: sorted(points) for line, points in out.items()}
 
 
-def acc_stats(arm: ArmSummary) -> tuple[float, float, float]:
+def acc_stats(arm: Cell) -> tuple[float, float, float]:
     a = np.asarray(arm.accs, dtype=np.float64)
     return float(a.mean()), float(a.min()), float(a.max())
 
 
-def line_names(arms: list[ArmSummary], conf: dict[str, dict], width: bool) -> dict[str, str]:
+def line_names(arms: list[Cell], conf: dict[str, dict], width: bool) -> dict[str, str]:
     """arm name -> 'model w<n_embd> key=value ..', the extra keys being those that vary within a model."""
     by_model: dict[Any, list[dict]] = {}
     for a in arms:
-        by_model.setdefault(conf[a.name].get("model.name"), []).append(conf[a.name])
+        by_model.setdefault(conf[a.arm].get("model.name"), []).append(conf[a.arm])
     names = {}
     for a in arms:
-        c = conf[a.name]
+        c = conf[a.arm]
         group = by_model[c.get("model.name")]
         extras = [k for k in c if k not in DIFFICULTY and k not in DERIVED
                   and len({repr(g.get(k)) for g in group}) > 1]
-        names[a.name] = " ".join([str(c.get("model.name"))] + ([f"w{c.get(WIDTH)}"] if width else [])
+        names[a.arm] = " ".join([str(c.get("model.name"))] + ([f"w{c.get(WIDTH)}"] if width else [])
                                  + [f"{k.split('.', 1)[1]}={c.get(k)}" for k in extras])
     return names
 
 
-def find_sweep(arms: list[ArmSummary]) -> Sweep | None:
+def find_sweep(arms: list[Cell]) -> Sweep | None:
     """The sweep among the finished synthetic arms that report accuracy; None if there are none."""
     arms = [a for a in arms if is_synthetic(a) and a.accs]
     if not arms:
         return None
-    conf = {a.name: settings(a) for a in arms}
-    centre = {k: most_common([conf[a.name].get(k) for a in arms]) for k in [*DIFFICULTY, WIDTH]}
-    swept = [k for k in DIFFICULTY if len({conf[a.name].get(k) for a in arms}) > 1]
+    conf = {a.arm: settings(a) for a in arms}
+    centre = {k: most_common([conf[a.arm].get(k) for a in arms]) for k in [*DIFFICULTY, WIDTH]}
+    swept = [k for k in DIFFICULTY if len({conf[a.arm].get(k) for a in arms}) > 1]
     lines, seen = line_names(arms, conf, width=True), set()
     for a in arms:  # the same line and setting twice (arms that differ only in lr): keep both, named apart
-        key = (lines[a.name], tuple(conf[a.name].get(k) for k in [*DIFFICULTY, "data.dataset"]))
+        key = (lines[a.arm], tuple(conf[a.arm].get(k) for k in [*DIFFICULTY, "data.dataset"]))
         if key in seen:
-            lines[a.name] += f" ({a.name})"
+            lines[a.arm] += f" ({a.arm})"
         seen.add(key)
     return Sweep(arms, conf, swept, centre, lines, line_names(arms, conf, width=False))
 
@@ -128,6 +128,6 @@ def acc_table(sweep: Sweep) -> tuple[list[str], list[list[str]]]:
     cols = columns(sweep)
     cells: dict[str, dict[tuple, str]] = {}
     for a in sweep.arms:
-        cells.setdefault(sweep.lines[a.name], {})[sweep.setting(a)] = f"{acc_stats(a)[0]:.4f}"
+        cells.setdefault(sweep.lines[a.arm], {})[sweep.setting(a)] = f"{acc_stats(a)[0]:.4f}"
     header = ["model, width", *[column_name(sweep, s) for s in cols]]
     return header, [[line, *[row.get(s, "—") for s in cols]] for line, row in cells.items()]

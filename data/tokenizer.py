@@ -35,6 +35,8 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: list[int]) -> str: ...
 
+    def token_bytes(self) -> np.ndarray: ...  # (vocab_size,) UTF-8 bytes of each token, for bits per byte
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -92,6 +94,13 @@ class GPT2Tokenizer:
                              f"mask logits >= vocab_size before sampling")
         return self.encoding.decode([int(i) for i in ids])
 
+    def token_bytes(self) -> np.ndarray:
+        """(vocab_size,) UTF-8 bytes of each token's text, for bits per byte; <|endoftext|> is 0 (not text)."""
+        lengths = np.array([len(self.encoding.decode_single_token_bytes(i)) for i in range(GPT2_VOCAB)],
+                           dtype=np.int64)
+        lengths[GPT2_EOT] = 0
+        return lengths
+
 
 class CharTokenizer:
     """One id per Unicode character; the vocabulary is the sorted set of the corpus' characters."""
@@ -134,6 +143,10 @@ class CharTokenizer:
             raise ValueError(f"token id {bad[0]} is outside this dataset's vocabulary (0..{self.vocab_size - 1}); "
                              f"mask logits >= vocab_size before sampling")
         return "".join(self.chars[int(i)] for i in ids)
+
+    def token_bytes(self) -> np.ndarray:
+        """(vocab_size,) UTF-8 bytes of each character (1 to 4), for bits per byte."""
+        return np.array([len(c.encode("utf-8", "surrogatepass")) for c in self.chars], dtype=np.int64)
 
 
 def load_tokenizer(meta: dict) -> Tokenizer:

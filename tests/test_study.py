@@ -1,3 +1,5 @@
+"""The study runner: the study file, the run plan (tuning seeds, budgets sharing one wsd run), the lr
+choice, the statistics of the summary, report.md against summary.json, and a whole study end to end."""
 import json
 import math
 import os
@@ -7,27 +9,32 @@ from itertools import dropwhile, takewhile
 
 import numpy as np
 import pytest
-from scipy import stats
 
 import study
+from analysis.plan import report_runs, tuning_runs
 from analysis.report import write_report
-from analysis.results import load_run, welch
+from analysis.results import choose_lrs, load_run
 from analysis.spec import loads_study
-from schema import toml_literal
-from schema import ConfigError, parse_value
+from engine.budget import Budget
+from config import OptimConfig, TrainConfig
 from helpers import ROOT, write_char_dataset
+from schema import ConfigError, parse_value, toml_literal
 
 PNG = b"\x89PNG\r\n\x1a\n"
+ARMS = ('[[arm]]\nname = "narrow"\nconfig = "configs/tiny_gpt.toml"\noverrides = { "model.n_embd" = 16 }\n'
+        'lrs = [1e-3, 3e-3]\n'
+        '[[arm]]\nname = "wide"\nconfig = "configs/tiny_gpt.toml"\nfront = "narrow"\n'
+        'overrides = { model = { n_embd = 32 }, optim = { lr = 1e-2 } }\n')
 
 
-def study_text(data_dir, out_dir, seeds="[0, 1]", budget="flops = 4e8", arms=None) -> str:
-    arms = arms or ('[[arm]]\nname = "narrow"\nconfig = "configs/tiny_gpt.toml"\noverrides = { "model.n_embd" = 16 }\n'
-                    '[[arm]]\nname = "wide"\nconfig = "configs/tiny_gpt.toml"\n'
-                    'overrides = { model = { n_embd = 32 }, optim = { lr = 1e-2 } }\n')
+def study_text(data_dir, out_dir, seeds="[1, 2]", budget="flops = [1e8, 3e8]", arms=ARMS, extra="") -> str:
     return f'''name = "tiny"
 out_dir = "{out_dir}"
 seeds = {seeds}
+tune_seeds = [0]
 n_evals = 2
+reference = ""
+{extra}
 [budget]
 {budget}
 [common]
@@ -35,7 +42,7 @@ n_evals = 2
 "data.dataset" = "tiny_char"
 "model.block_size" = 16
 "train.batch_size" = 4
-"train.eval_iters" = 1
+"train.eval_iters" = 2
 "optim.warmup_iters" = 2
 {arms}'''
 
@@ -46,8 +53,8 @@ def run_study(*args: str) -> subprocess.CompletedProcess:
 
 
 def table_rows(report: str, title: str) -> dict[str, dict[str, str]]:
-    """The markdown table under `## title`, as {first cell: {header: cell}}."""
-    lines = report.split(f"## {title}\n", 1)[1].splitlines()
+    """The markdown table under the heading that starts with `## title`, as {first cell: {header: cell}}."""
+    lines = report.split(f"## {title}", 1)[1].splitlines()[1:]
     lines = dropwhile(lambda line: not line.startswith("|"), lines)  # past the section's prose
     block = list(takewhile(lambda line: line.startswith("|"), lines))
     header = [c.strip() for c in block[0].strip("|").split("|")]
@@ -55,20 +62,20 @@ def table_rows(report: str, title: str) -> dict[str, dict[str, str]]:
     return {r[0]: dict(zip(header, r)) for r in rows}
 
 
-def num(cell: str) -> float:
-    return float(cell.replace(",", "").rstrip("%"))
-
-
 # ------------------------------------------------------------------ the study file
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda t: t.replace('seeds =', 'sedes ='), "unknown key sedes; valid keys: name, description"),
+    (lambda t: t.replace('seeds = [1', 'sedes = [1'), "unknown key sedes; valid keys: name, description"),
     (lambda t: t.replace('config = "configs/tiny_gpt.toml"\noverrides', 'confg = "x"\noverrides', 1),
      "unknown key arm[0].confg; valid keys in [arm[0]]: name, config, overrides, lrs"),
     (lambda t: t.split("[[arm]]")[0], "the study has no arms"),
-    (lambda t: t.replace("flops = 4e8", "flops = 4e8\ntime_s = 60"), "exactly one of flops, time_s, tokens, iters"),
-    (lambda t: t.replace("flops = 4e8", ""), "comparable); got none"),
+    (lambda t: t.replace("flops = [1e8, 3e8]", "flops = 4e8\ntime_s = 60"), "exactly one of flops, time_s"),
+    (lambda t: t.replace("flops = [1e8, 3e8]", ""), "comparable); got none"),
+    (lambda t: t.replace("flops = [1e8, 3e8]", "flops = [1e8, 1e8]"), "must be positive and distinct"),
+    (lambda t: t.replace("tune_seeds = [0]", "tune_seeds = [1]"), "disjoint from seeds"),
+    (lambda t: t.replace('front = "narrow"', 'front = "nope"'), "front = 'nope' is not an arm"),
     (lambda t: t.replace('"model.block_size" = 16', '"train.seed" = 3'), "[common] sets train.seed"),
+    (lambda t: t.replace('"model.block_size" = 16', '"optim.schedule" = "cosine"'), "[common] sets optim.schedule"),
     (lambda t: t.replace('name = "wide"', 'name = "narrow"'), "arm names must be distinct"),
     (lambda t: t.replace('{ "model.n_embd" = 16 }', '{ n_embd = 16 }'), "'n_embd' needs a section"),
     (lambda t: t.replace('"configs/tiny_gpt.toml"', '"configs/nope.toml"', 1), "config file configs/nope.toml not found"),
@@ -80,84 +87,180 @@ def test_study_file_errors_name_the_problem(tmp_path, edit, message):
 
 
 def test_study_cli_rejects_bad_files_and_arm_configs_before_training(tmp_path):
-    write_char_dataset(tmp_path)
     bad = tmp_path / "bad.toml"
-    bad.write_text(study_text(tmp_path, tmp_path / "out").replace('"model.n_embd" = 16', '"model.n_embdd" = 16'))
-    assert study.main([str(bad)]) == 2  # the first arm's config is wrong: nothing has run
-    assert not (tmp_path / "out").exists()
-    assert study.main([str(bad), "--only", "nope"]) == 2
+    bad.write_text(study_text(tmp_path, tmp_path / "out").replace('"model.block_size" = 16', '"model.n_layr" = 2'))
+    proc = run_study(str(bad))
+    assert proc.returncode == 2 and "arm narrow (configs/tiny_gpt.toml): unknown key model.n_layr" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+    proc = run_study(str(tmp_path / "missing.toml"))
+    assert proc.returncode == 2 and "the ready-made ones are in configs/studies/" in proc.stderr
 
 
-@pytest.mark.parametrize("value", [1e-3, 3e-4, 2e12, 4e8, 7, True, False, "owt_sample", 'a "quoted"\\ path', [1, 2],
-                                   [0.5, 2.0], float("inf")])
+@pytest.mark.parametrize("value", [1e-3, 3, True, "a \"quoted\" string", [1, 2], 2.5e-7, 10 ** 6])
 def test_overrides_round_trip_through_the_config_parser(value):
     assert parse_value(toml_literal(value)) == value
 
 
-def test_welch_matches_scipy_and_the_formula():
-    a, b = [3.10, 3.21, 3.05, 3.16], [3.40, 3.31, 3.52]
-    got = welch(a, b)
-    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
-    t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    assert got["t"] == pytest.approx(t) and got["df"] == pytest.approx(df)
-    assert got["p"] == pytest.approx(2 * stats.t.sf(abs(t), df))
-    assert got["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    assert welch([3.0], b) is None  # one seed: no test
+def test_study_help_lists_every_study_file_key(capsys):
+    with pytest.raises(SystemExit):
+        study.parse_args(["--help"])
+    out = capsys.readouterr().out
+    for key in ("tune_seeds", "share_runs", "budget.flops", "arm.lrs", "arm.front", "arm.control", "sample.top_k"):
+        assert key in out, key
 
 
-# ------------------------------------------------------------------ reports from synthetic runs
+# ------------------------------------------------------------------ the plan
 
-def fake_run(path, val_losses: list[float], tokens_per_step=64, fpt=1000.0, params=500, batch_size=4,
-             val_accs: list[float] | None = None, model: dict | None = None, data: dict | None = None):
-    """A finished run folder with the files train.py writes (no checkpoint); val_accs (one per
-    evaluation) go into metrics.jsonl and the last into result.json, as train.py writes them."""
+def steps_for(budgets, fpt: float = 1000.0, tokens_per_step: int = 64) -> dict[float, Budget]:
+    optim = OptimConfig(schedule="wsd", warmup_iters=2)
+    return {b: Budget(TrainConfig(max_flops=b), optim, tokens_per_step, fpt) for b in budgets}
+
+
+def test_budgets_share_one_wsd_run_per_arm_lr_and_seed(tmp_path):
+    spec = loads_study(study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6, 1e7]"))
+    steps = {a.name: steps_for(spec.budget.values) for a in spec.arms}
+    runs = tuning_runs(spec, steps)
+    assert {(r.arm, r.lr, r.seed) for r in runs} == {("narrow", 1e-3, 0), ("narrow", 3e-3, 0)}  # the tuning seed only
+    top, *branches = [r for r in runs if r.lr == 1e-3]
+    assert top.budget == 1e7 and top.fork is None and [b.budget for b in branches] == [3e6, 1e6]
+    forks = [steps["narrow"][b].decay_start for b in (1e6, 3e6)]
+    assert f"--train.fork_steps={toml_literal(forks)}" in top.args and '--optim.schedule="wsd"' in top.args
+    for b in branches:
+        assert b.fork == (top.out_dir, steps["narrow"][b.budget].decay_start)
+        assert f"--train.max_flops={b.budget!r}" in b.args and not any("fork_steps" in a for a in b.args)
+    separate = loads_study(study_text(tmp_path, tmp_path / "out", extra="share_runs = false"))
+    assert all(r.fork is None and not any("schedule" in a for a in r.args)
+               for r in tuning_runs(separate, {a.name: steps_for(separate.budget.values) for a in separate.arms}))
+
+
+def test_reported_runs_follow_the_lr_chosen_per_budget(tmp_path):
+    spec = loads_study(study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6, 1e7]"))
+    steps = {a.name: steps_for(spec.budget.values) for a in spec.arms}
+    chosen = {"narrow": {1e6: 3e-3, 3e6: 3e-3, 1e7: 1e-3}}
+    runs = report_runs(spec, chosen, {"narrow": 1e-3, "wide": 1e-2}, steps)
+    narrow = {(r.lr, r.seed, r.budget): r for r in runs if r.arm == "narrow"}
+    assert set(narrow) == {(lr, s, b) for s in (1, 2) for lr, b in [(3e-3, 1e6), (3e-3, 3e6), (1e-3, 1e7)]}
+    assert narrow[(3e-3, 1, 1e6)].fork[0] == narrow[(3e-3, 1, 3e6)].out_dir  # a ladder per lr
+    assert narrow[(1e-3, 1, 1e7)].fork is None
+    assert {(r.lr, r.budget) for r in runs if r.arm == "wide"} == {(1e-2, b) for b in (1e6, 3e6, 1e7)}
+
+
+def fake_run(path, val_losses: list[float], windows: list[float] | None = None, fpt=1000.0, params=500,
+             tokens_per_step=64, val_accs: list[float] | None = None, model: dict | None = None,
+             data: dict | None = None, batch_size=4, grad_norms: tuple[float, float] = (1.0, 0.5),
+             final: dict | None = None):
+    """A finished run folder with the files train.py writes (no checkpoint). windows: the final
+    evaluation's per-window losses (default: all equal to the last val loss); final: result.json
+    fields to set (e.g. flops)."""
     path.mkdir(parents=True)
     evals = [{"step": 10 * i, "tokens": 10 * i * tokens_per_step, "flops": 10.0 * i * tokens_per_step * fpt,
               "time_s": 1.5 * i, "lr": 1e-3, "val_loss": v, "train_loss": v} for i, v in enumerate(val_losses)]
     for e, acc in zip(evals, val_accs or []):
         e.update(val_acc=acc, train_acc=acc)
-    (path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    logs = [{"step": 5, "loss": 4.0, "grad_norm": 2.0, "grad_norm_embedding": grad_norms[0], "grad_norm_front": 0.0},
+            {"step": 15, "loss": 3.0, "grad_norm": 2.0, "grad_norm_embedding": grad_norms[1], "grad_norm_front": 0.0}]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals + logs))
     last = evals[-1]
-    (path / "result.json").write_text(json.dumps({**{k: last.get(k) for k in ("step", "tokens", "flops", "time_s",
-                                                                               "val_loss", "train_loss", "val_acc")},
-                                                  "parameters": params, "flops_per_token": fpt, "tokens_per_s": 100.0,
-                                                  "mfu": None, "peak_memory_bytes": 2 ** 20}))
+    windows = windows if windows is not None else [val_losses[-1]] * 8
+    (path / "result.json").write_text(json.dumps({
+        **{k: last.get(k) for k in ("step", "tokens", "flops", "time_s", "val_loss", "train_loss", "val_acc")},
+        "parameters": params, "flops_per_token": fpt, "tokens_per_s": 100.0, "mfu": None, "peak_memory_bytes": 2 ** 20,
+        "val_window_losses": windows, "val_loss_by_position": [val_losses[-1] + 0.1, val_losses[-1] - 0.1],
+        **(final or {})}))
     (path / "run.json").write_text(json.dumps({"device": "cpu", "world_size": 1, "git": {"commit": "abc"}}))
     train = {"batch_size": batch_size, "eval_iters": 1, "grad_accum": 1}
     (path / "config.json").write_text(json.dumps({"model": model or {"vocab_size": 64, "block_size": 16},
-                                                  "data": data or {}, "optim": {"lr": 1e-3}, "train": train}))
+                                                  "data": data or {"dataset": "copy"}, "optim": {"lr": 1e-3},
+                                                  "train": train}))
 
 
-def test_report_picks_the_best_lr_says_so_and_tests_against_the_baseline(tmp_path):
-    spec = loads_study(study_text(tmp_path, tmp_path / "out", arms=(
-        '[[arm]]\nname = "base"\nconfig = "configs/tiny_gpt.toml"\n'
-        '[[arm]]\nname = "grid"\nconfig = "configs/tiny_gpt.toml"\nlrs = [1e-3, 3e-3]\n'
-        '[[arm]]\nname = "single"\nconfig = "configs/tiny_gpt.toml"\n')).replace("n_evals", 'reference = ""\nn_evals'))
-    finals = {("base", 1e-3): [3.0, 3.1], ("grid", 1e-3): [3.5, 3.6], ("grid", 3e-3): [3.2, 3.4],
-              ("single", 1e-3): [2.9]}  # single: only seed 0 finished
-    runs = []
-    for (arm, lr), losses in finals.items():
-        for seed in (0, 1):
-            path = tmp_path / "out" / arm / f"lr{lr:g}" / f"seed{seed}"
-            if seed < len(losses):
-                fake_run(path, [4.2, 3.8, losses[seed]], batch_size=8 if arm == "single" else 4)
-            runs.append(study.Run(arm, lr, seed, path, []))
-    report = write_report(spec, "x", {"base": "gpt", "grid": "gpt", "single": "gpt"}, tmp_path / "out", runs).read_text()
-    table = table_rows(report, "Results at equal budget")
-    assert table["grid"]["lr"] == "0.003" and table["grid"]["final val loss"] == "3.3000 ± 0.1414"
-    assert table["grid"]["p vs base (Welch)"] == f"{stats.ttest_ind([3.2, 3.4], [3.0, 3.1], equal_var=False).pvalue:.3g}"
-    assert table["base"]["p vs base (Welch)"] == "baseline"
-    assert table["single"]["p vs base (Welch)"] == "n/a (one seed)" and table["single"]["seeds"] == "1"
-    grid = table_rows(report, "Learning-rate choice")  # keyed by arm: the last grid row is the chosen lr
-    assert "lowest mean final validation loss" in report and grid["grid"]["lr"] == "0.003"
-    assert grid["grid"][""] == "**chosen**"
-    assert table_rows(report, "Final validation loss per seed")["single"] == {"arm": "single", "seed 0": "2.9000",
-                                                                                 "seed 1": "—"}
-    assert "**base**: no sample" in report  # no checkpoint: the report still comes out
-    # a recipe that differs beyond the model is pointed out
-    assert "tokens per optimizer step: base 64, grid 64, single 128" in report
-    assert "batch_size x eval_iters x block_size: base 4 x 1 x 16, grid 4 x 1 x 16, single 8 x 1 x 16" in report
+def test_the_lr_is_chosen_per_budget_on_the_tuning_seeds(tmp_path):
+    spec = loads_study(study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6, 1e7]"))
+    runs = tuning_runs(spec, {a.name: steps_for(spec.budget.values) for a in spec.arms})
+    losses = {1e-3: {1e6: 3.0, 3e6: 2.8, 1e7: 2.6}, 3e-3: {1e6: 2.9, 3e6: 2.85, 1e7: 2.5}}
+    for r in runs:
+        if (r.lr, r.budget) == (3e-3, 1e7):  # diverged: left out of the choice
+            r.out_dir.mkdir(parents=True)
+            (r.out_dir / "diverged.json").write_text("{}")
+        else:
+            fake_run(r.out_dir, [4.0, losses[r.lr][r.budget]])
+    assert choose_lrs(runs) == {"narrow": {1e6: 3e-3, 3e6: 1e-3, 1e7: 1e-3}}
+
+
+def write_fake_study(tmp_path, narrow_windows, wide_shift: float, spec_text: str | None = None):
+    """Fake runs for every planned run: narrow's final windows per seed as given, wide = narrow + shift;
+    the final loss follows L = 10 C^-0.1 in the FLOPs C (wide: the loss narrow reaches at C / 4)."""
+    spec = loads_study(spec_text or study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6, 1e7]"))
+    steps = {a.name: steps_for(spec.budget.values) for a in spec.arms}
+    tuning = tuning_runs(spec, steps)
+    for r in tuning:
+        fake_run(r.out_dir, [4.0, 3.0 if r.lr == 1e-3 else 3.5])
+    reported = report_runs(spec, choose_lrs(tuning), {"narrow": 1e-3, "wide": 1e-2}, steps)
+    for r in reported:
+        flops = r.budget
+        loss = 10 * (flops / (4 if r.arm == "wide" else 1)) ** -0.1
+        noise = np.asarray(narrow_windows[r.seed], dtype=np.float64)
+        w = noise - noise.mean() + loss + (wide_shift if r.arm == "wide" else 0.0)  # windows around the loss
+        fake_run(r.out_dir, [4.0, float(np.mean(w))], windows=w.tolist(),
+                 final={"flops": flops, "tokens": flops / 1000, "time_s": flops / 1e5})
+    return spec, tuning, reported
+
+
+def test_summary_pairs_seeds_and_windows_and_finds_the_compute_multiplier(tmp_path):
+    rng = np.random.default_rng(0)
+    windows = {s: rng.normal(0, 0.3, size=8) for s in (1, 2)}
+    spec, tuning, reported = write_fake_study(tmp_path, windows, wide_shift=0.0)
+    path, main_table = write_report(spec, "x", {"narrow": "gpt", "wide": "gpt"}, tmp_path / "out", tuning, reported)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    narrow, wide = summary["arms"]["narrow"], summary["arms"]["wide"]
+    assert narrow["compute_multiplier"] is None and summary["baseline"] == "narrow"
+    assert wide["compute_multiplier"] == pytest.approx([0.25, 0.25, 0.25], rel=1e-9)  # 4x less efficient, exactly
+    assert wide["power_law"]["flops"] == pytest.approx([10 * 4 ** 0.1, 0.1], rel=1e-9)
+    top = wide["budgets"][-1]
+    delta = 10 * (1e7 / 4) ** -0.1 - 10 * 1e7 ** -0.1  # the same windows shifted: every paired difference equal
+    assert top["delta_vs_baseline"] == pytest.approx(delta) and top["delta_vs_baseline_ci95"] == pytest.approx(
+        [delta, delta])
+    assert [e["budget"] for e in wide["budgets"]] == [1e6, 3e6, 1e7] and narrow["lr_grid"] == [1e-3, 3e-3]
+    assert narrow["lr"] == 1e-3 and narrow["lr_at_edge"] and not wide["lr_at_edge"]
+    lo, hi = narrow["budgets"][-1]["val_loss_ci95"]  # narrow's own interval: its windows and seeds resampled
+    assert lo < 10 * 1e7 ** -0.1 < hi and hi - lo > 0.1
+    assert "worse than its own front" in "; ".join(wide["health"])  # wide names narrow as its front
+    report = path.read_text()
+    rows = table_rows(report, "Results at the largest budget")
+    assert rows["wide"]["val loss"] == f"{top['val_loss']:.4f}" and rows["wide"]["Δ vs narrow"] == f"{delta:+.3f}"
+    assert rows["narrow"]["lr"] == "0.001 (edge)" and rows["wide"]["role"] == "subject"
+    assert table_rows(report, "Loss against compute")["wide"]["multiplier (FLOPs), by budget"] == "0.25 / 0.25 / 0.25"
+    assert "- wide is worse than narrow at 1e+07 training FLOPs by" in report
+    assert "wide" in main_table and "Δ vs narrow" in main_table
+
+
+def test_no_verdict_where_the_interval_includes_zero(tmp_path):
+    windows = {1: [0.0, 0.5, -0.5, 0.2], 2: [-0.1, 0.4, -0.4, 0.1]}
+    text = study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6, 1e7]").replace(
+        'front = "narrow"', 'front = "narrow"\ncontrol = false')
+    spec, tuning, reported = write_fake_study(tmp_path, windows, wide_shift=0.0, spec_text=text)
+    for r in reported:  # wide: narrow's losses exactly, +-0.1 alternating over windows: a mean difference of 0
+        if r.arm == "wide":
+            other = next(o for o in reported if (o.arm, o.seed, o.budget) == ("narrow", r.seed, r.budget))
+            result = json.loads((other.out_dir / "result.json").read_text())
+            w = np.asarray(result["val_window_losses"]) + np.array([0.1, -0.1] * 2)
+            result.update(val_window_losses=w.tolist(), val_loss=float(w.mean()))
+            (r.out_dir / "result.json").write_text(json.dumps(result))
+    report = write_report(spec, "x", {"narrow": "gpt", "wide": "gpt"}, tmp_path / "out", tuning, reported)[0].read_text()
+    assert "- wide: no claim: the 95% interval of its difference to narrow" in report
+
+
+def test_health_flags_an_arm_stuck_at_the_unigram_while_its_front_passes_the_bigram():
+    from analysis.references import Reference
+    from analysis.summary import health
+    ref = Reference(uniform=6.5, unigram=3.2, bigram=2.5, tokens=100, bytes=100)
+    stuck = {"val_loss": 3.18}
+    assert health("idea1", stuck, {"val_loss": 2.1}, ref) == [
+        "stuck at the unigram level while its front passes the bigram"]
+    assert health("idea1", {"val_loss": 2.4}, {"val_loss": 2.1}, ref) == []
+    worse = {"val_loss": 2.4, "delta_vs_front": 0.3, "delta_vs_front_ci95": [0.2, 0.4]}
+    assert health("idea1", worse, {"val_loss": 2.1}, ref) == [
+        "worse than its own front by 0.300 nats/token (95% CI 0.200 to 0.400)"]
 
 
 # ------------------------------------------------------------------ a whole study, end to end
@@ -174,36 +277,41 @@ def finished_study(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_study_writes_plots_and_a_report_that_matches_the_runs(finished_study):
+def test_study_trains_tuning_then_reported_runs_and_reports_them(finished_study):
     _, out, proc = finished_study
     lines = proc.stdout.strip().splitlines()
-    assert lines[-1] == str(out / "report.md")  # the report's path comes last
-    assert len([l for l in lines if "trained in" in l]) == 4  # 2 arms x 2 seeds, one line each
-    for name in ("val_loss_vs_flops.png", "val_loss_vs_time.png", "val_loss_vs_tokens.png"):
-        data = (out / name).read_bytes()
-        assert data.startswith(PNG) and len(data) > 5000
-    report = (out / "report.md").read_text()
-    table = table_rows(report, "Results at equal budget")
-    finals = {}
-    for arm, lr in (("narrow", "0.003"), ("wide", "0.01")):
-        dirs = [out / "runs" / arm / f"lr{lr}" / f"seed{s}" for s in (0, 1)]
-        last = [[json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()][-1] for d in dirs]
-        result = [json.loads((d / "result.json").read_text()) for d in dirs]
-        runinfo = json.loads((dirs[0] / "run.json").read_text())
-        row, finals[arm] = table[arm], [m["val_loss"] for m in last]
-        assert row["lr"] == lr and row["seeds"] == "2"
-        assert num(row["parameters"]) == runinfo["parameters"] == result[0]["parameters"]
-        assert num(row["FLOPs/token"]) == pytest.approx(runinfo["flops_per_token"], rel=1e-3)
-        assert num(row["tokens seen"]) == np.mean([m["tokens"] for m in last])
-        assert num(row["FLOPs spent"]) == pytest.approx(np.mean([m["flops"] for m in last]), rel=1e-3)
-        assert num(row["FLOPs spent"]) >= 4e8  # the budget is spent (the last step may pass it)
-        assert num(row["train time (s)"]) == pytest.approx(np.mean([m["time_s"] for m in last]), abs=0.051)
-        assert row["final val loss"] == f"{np.mean(finals[arm]):.4f} ± {np.std(finals[arm], ddof=1):.4f}"
-        assert num(row["tokens/s"]) == pytest.approx(np.mean([r["tokens_per_s"] for r in result]), rel=1e-3)
-    p = stats.ttest_ind(finals["wide"], finals["narrow"], equal_var=False).pvalue
-    assert table["wide"]["p vs narrow (Welch)"] == f"{p:.3g}"
-    assert "the dataset is tokenized with 'char', not GPT-2 BPE" in report  # the GPT-2 row is skipped, with a note
-    assert report.count("[continuation]") == 2
+    assert lines[-1] == str(out / "report.md")  # the report's path comes last, the main table just before
+    assert lines[-4].startswith("| narrow | baseline") and lines[-3].startswith("| wide | subject")
+    trained = [line for line in lines if "trained in" in line]
+    assert sum(" tune " in line for line in trained) == 2 * 2  # 2 lrs x 1 tuning seed x 2 budgets
+    assert sum(" report " in line for line in trained) == 2 * 2 * 2  # 2 arms x 2 seeds x 2 budgets
+    for name in ("val_loss_vs_flops.png", "frontier.png", "loss_by_position.png"):
+        assert (out / name).read_bytes().startswith(PNG)
+    summary = json.loads((out / "summary.json").read_text())
+    refs = summary["references"]
+    assert refs["bigram"] < refs["unigram"] < refs["uniform"] == pytest.approx(math.log(59))
+    lr = summary["arms"]["narrow"]["lr"]
+    for arm in ("narrow", "wide"):
+        for entry in summary["arms"][arm]["budgets"]:
+            runs = [load_run(arm, entry["lr"], s, entry["budget"], out / "runs" / arm / f"lr{entry['lr']:g}" / f"seed{s}"
+                             / f"{entry['budget']:g}") for s in (1, 2)]
+            assert entry["val_loss"] == pytest.approx(np.mean([r.result["val_loss"] for r in runs]))
+            assert entry["flops"] >= entry["budget"]  # the budget is spent (the last step may pass it)
+            assert entry["bits_per_byte"] == pytest.approx(entry["val_loss"] * refs["tokens"] / (refs["bytes"] * math.log(2)))
+    rows = table_rows((out / "report.md").read_text(), "Results at the largest budget")
+    assert rows["narrow"]["lr"].startswith(f"{lr:g}") and rows["wide"]["lr"] == "0.01"
+
+
+@pytest.mark.slow
+def test_a_budget_continued_from_a_fork_matches_the_ladder(finished_study):
+    """The smaller budget's reported run started from the larger one's checkpoint at its decay start."""
+    _, out, _ = finished_study
+    seed_dir = out / "runs" / "wide" / "lr0.01" / "seed1"
+    small, large = sorted((d for d in seed_dir.iterdir()), key=lambda d: float(d.name))
+    fork_step = int(next((large / "forks").iterdir()).name)
+    small_lines = [json.loads(l) for l in (small / "metrics.jsonl").read_text().splitlines()]
+    assert min(line["step"] for line in small_lines) > fork_step  # it continued, it did not start over
+    assert json.loads((small / "result.json").read_text())["flops"] >= float(small.name)
 
 
 @pytest.mark.slow
@@ -211,14 +319,13 @@ def test_rerunning_a_finished_study_trains_nothing_and_rewrites_the_same_report(
     path, out, _ = finished_study
     runs = sorted(p for p in (out / "runs").rglob("*") if p.is_file())
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs}
-    report = (out / "report.md").read_bytes()
+    report, summary = (out / "report.md").read_bytes(), (out / "summary.json").read_bytes()
     plots = {p.name: p.read_bytes() for p in out.glob("*.png")}
     proc = run_study(str(path))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("finished earlier, skipped") == 4 and "trained in" not in proc.stdout
-    assert sorted(p for p in (out / "runs").rglob("*") if p.is_file()) == runs
+    assert proc.stdout.count("finished earlier, skipped") == 12 and "trained in" not in proc.stdout
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs} == before
-    assert (out / "report.md").read_bytes() == report
+    assert (out / "report.md").read_bytes() == report and (out / "summary.json").read_bytes() == summary
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == plots
 
 
@@ -227,18 +334,15 @@ def test_dry_run_prints_the_commands_and_a_changed_study_is_refused(finished_stu
     path, out, _ = finished_study
     proc = run_study(str(path), "--dry-run", "--only", "wide")
     assert proc.returncode == 0, proc.stderr
-    plan, *commands = proc.stdout.strip().splitlines()
-    assert plan.startswith("wide: ") and plan.endswith(" steps")  # the preflight's line per arm
-    assert len(commands) == 2 and all("finished, skipped" in c for c in commands)
-    for seed, command in enumerate(commands):
-        assert "train.py" in command and "--train.max_flops=400000000.0" in command and "--train.n_evals=2" in command
-        assert f"--train.seed={seed}" in command and "--optim.lr=0.01" in command
-        assert "--train.init_from=\"auto\"" in command and "--wandb.group=\"tiny\"" in command
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("python train.py")]
+    assert len(commands) == 4 and all("# finished" in c for c in commands)  # wide: 2 seeds x 2 budgets, no tuning
+    assert all("--optim.lr=0.01" in c and '--optim.schedule="wsd"' in c and '--train.init_from="auto"' in c
+               for c in commands)
     changed = tmp_path / "changed.toml"
-    changed.write_text(path.read_text().replace('"train.eval_iters" = 1', '"train.eval_iters" = 2'))
+    changed.write_text(path.read_text().replace('"train.eval_iters" = 2', '"train.eval_iters" = 3'))
     proc = run_study(str(changed), "--only", "narrow")
     assert proc.returncode == 1 and "was started with other settings" in proc.stderr
-    assert "--train.eval_iters=2" in proc.stderr
+    assert "--train.eval_iters=3" in proc.stderr
 
 
 def write_bpe_dataset(root, name="tiny_bpe"):
@@ -263,15 +367,15 @@ def test_gpt2_reference_scores_exactly_the_windows_train_py_evaluates(tmp_path, 
     import analysis.inference as inference
     from config import load_config
     from engine.checkpoint import load_for_inference
-    from helpers import tiny_overrides
     from engine.trainer import train
+    from helpers import tiny_overrides
     write_bpe_dataset(tmp_path)
     train(load_config(None, tiny_overrides(tmp_path, tmp_path / "run", **{"data.dataset": '"tiny_bpe"',
                                                                           "train.max_iters": 3, "train.eval_iters": 3,
                                                                           "optim.warmup_iters": 1})))
     model = load_for_inference(str(tmp_path / "run"), "cpu")[0]
     monkeypatch.setattr(inference, "load_gpt2_quietly", lambda: (model, ""))
-    run = load_run("gpt", 3e-3, 1337, tmp_path / "run")
+    run = load_run("gpt", 3e-3, 1337, 3, tmp_path / "run")
     cache = inference.Cache(tmp_path / "cache.json")
     value, why = inference.gpt2_reference(run, cache)
     assert why == "" and value["tokens"] == 3 * 4 * 32
@@ -287,11 +391,13 @@ def test_a_budget_in_an_arm_config_is_replaced_not_added_to(tmp_path, capsys):
     config = tmp_path / "timed.toml"
     config.write_text(f'base = "{ROOT / "configs" / "tiny_gpt.toml"}"\n[train]\nmax_time_s = 100.0\n')
     path = tmp_path / "s.toml"
-    path.write_text(study_text(tmp_path, tmp_path / "out", arms=f'[[arm]]\nname = "timed"\nconfig = "{config}"\n'))
+    path.write_text(study_text(tmp_path, tmp_path / "out", budget="flops = 4e8",
+                               arms=f'[[arm]]\nname = "timed"\nconfig = "{config}"\n'))
     assert study.main([str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("timed: ") and out[0].endswith(" steps")
     steps = int(out[0].split(", ")[-1].split()[0].replace(",", ""))
     fpt = float(out[0].split(": ")[1].split()[0])
     assert steps == math.ceil(4e8 / (4 * 16 * fpt))  # batch 4 x block 16 tokens per step
-    assert "--train.max_time_s=0.0" in out[1] and "--train.max_flops=400000000.0" in out[1]
+    command = next(line for line in out if line.startswith("python train.py"))
+    assert "--train.max_time_s=0.0" in command and "--train.max_flops=400000000.0" in command

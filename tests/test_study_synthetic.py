@@ -5,11 +5,12 @@ import json
 import pytest
 
 import study
+from analysis.plan import Run
 from analysis.report import write_report
-from analysis.results import summarize_arm
+from analysis.results import cells
 from analysis.spec import loads_study
 from analysis.sweep import find_sweep
-from helpers import ROOT
+from helpers import ROOT, write_char_dataset
 from test_study import PNG, fake_run, table_rows
 
 ACC_PLOTS = ("val_acc_vs_task_pairs.png", "val_acc_vs_block_size.png", "val_acc_vs_width.png", "val_acc_vs_tokens.png")
@@ -47,7 +48,8 @@ def test_a_synthetic_study_prepares_nothing_and_is_checked_before_training(tmp_p
     out = capsys.readouterr().out.splitlines()
     assert not any("prepare.py" in line for line in out)  # copy is generated on the fly
     assert [line.split(":")[0] for line in out[:3]] == list(ARMS)  # each arm's preflight line, vocabulary sized
-    assert all(line.endswith(" 30 steps") for line in out[:3]) and len(out) == 6
+    assert all(line.endswith(" 30 steps") for line in out[:3])
+    assert sum(line.startswith("python train.py") for line in out) == 3
     path.write_text(copy_study(tmp_path / "out", {"too_short": '"data.task_pairs" = 9'}))
     assert study.main([str(path), "--dry-run"]) == 2  # 9 symbols and their copy do not fit in 16 tokens
     assert "arm too_short: copy: model.block_size = 16 cannot hold 9 symbols" in capsys.readouterr().err
@@ -80,16 +82,15 @@ def fake_study(tmp_path):
             fake_run(path, [4.0, 2.0 - acc + 0.01 * seed], val_accs=[0.0, acc],
                      model={"name": model, "block_size": T, "n_embd": width, "vocab_size": 64},
                      data={"dataset": "copy", "task_pairs": K, "task_vocab": 64})
-            runs.append(study.Run(arm, 1e-3, seed, path, []))
+            runs.append(Run(arm, 1e-3, seed, 10, path, []))
     return spec, runs
 
 
 def test_report_of_fake_synthetic_runs_tabulates_accuracy_against_difficulty(tmp_path):
     spec, runs = fake_study(tmp_path)
-    report = write_report(spec, "x", {a: m[0] for a, m in FAKE.items()}, tmp_path / "out", runs).read_text()
-    results = table_rows(report, "Results at equal budget")
-    assert results["gpt_K4"]["final val acc"] == "0.7000 (0.6000–0.8000)"
-    assert results["sum_K4"]["final val acc"] == "0.3000 (0.3000–0.3000)"
+    report = write_report(spec, "x", {a: m[0] for a, m in FAKE.items()}, tmp_path / "out", [], runs)[0].read_text()
+    results = table_rows(report, "Results at the largest budget")
+    assert results["gpt_K4"]["val acc"] == "0.7000" and results["sum_K4"]["val acc"] == "0.3000"
     acc = table_rows(report, "Accuracy against difficulty")
     assert list(acc) == ["gpt w64", "gpt w32", "image_sum w64"]  # rows in study order
     assert acc["gpt w64"] == {"model, width": "gpt w64", "centre: K=4 T=32 V=64": "0.7000", "K=2": "0.9500",
@@ -100,7 +101,7 @@ def test_report_of_fake_synthetic_runs_tabulates_accuracy_against_difficulty(tmp
         assert (tmp_path / "out" / name).read_bytes().startswith(PNG) and f"]({name})" in report
     assert "None: the arms train on synthetic tasks" in report and "no sample" not in report
     assert "the arms train on the synthetic task 'copy'" in report  # the GPT-2 reference row is skipped
-    sweep = find_sweep([summarize_arm(a, {1e-3: [(r.seed, r.out_dir) for r in runs if r.arm == a]}) for a in FAKE])
+    sweep = find_sweep(list(cells(list(FAKE), [10], [], runs).values()))
     assert sweep.slice("data.task_pairs") == {"gpt w64": [(2, 0.95, 0.9, 1.0), (4, 0.7, 0.6, 0.8)],
                                               "gpt w32": [(4, pytest.approx(0.3), 0.2, 0.4)],
                                               "image_sum w64": [(4, 0.3, 0.3, 0.3)]}
@@ -113,7 +114,7 @@ def test_lines_are_named_by_what_varies_within_a_model(tmp_path):
         path = tmp_path / name
         fake_run(path, [2.0], val_accs=[0.5], model={"name": "gpt", "block_size": 16, "n_embd": 16, "n_layer": n_layer},
                  data={"dataset": "copy", "task_pairs": 2, "task_vocab": 64})
-        return summarize_arm(name, {lr: [(0, path)]})
+        return cells([name], [10], [], [Run(name, lr, 0, 10, path, [])])[(name, 10)]
     sweep = find_sweep([arm("one", 1, 1e-3), arm("two", 2, 1e-3), arm("two_lr", 2, 3e-3)])
     assert sweep.lines == {"one": "gpt w16 n_layer=1", "two": "gpt w16 n_layer=2",
                            "two_lr": "gpt w16 n_layer=2 (two_lr)"}  # differs in lr only: named apart
@@ -122,10 +123,12 @@ def test_lines_are_named_by_what_varies_within_a_model(tmp_path):
 def test_a_text_report_gets_the_accuracy_column_only(tmp_path):
     spec = loads_study('name = "text"\nreference = ""\n[budget]\niters = 10\n'
                        '[[arm]]\nname = "gpt"\nconfig = "configs/tiny_gpt.toml"\n')
-    fake_run(tmp_path / "run", [4.0, 3.0], val_accs=[0.01, 0.25], data={"dataset": "tiny_char"})
-    run = study.Run("gpt", 1e-3, 0, tmp_path / "run", [])
-    report = write_report(spec, "x", {"gpt": "gpt"}, tmp_path / "out", [run])
-    assert table_rows(report.read_text(), "Results at equal budget")["gpt"]["final val acc"] == "0.2500"
+    write_char_dataset(tmp_path / "data")
+    fake_run(tmp_path / "run", [4.0, 3.0], val_accs=[0.01, 0.25], data={"dataset": "tiny_char",
+                                                                         "data_dir": str(tmp_path / "data")})
+    run = Run("gpt", 1e-3, 0, 10, tmp_path / "run", [])
+    report = write_report(spec, "x", {"gpt": "gpt"}, tmp_path / "out", [], [run])[0]
+    assert table_rows(report.read_text(), "Results at the largest budget")["gpt"]["val acc"] == "0.2500"
     assert "Accuracy against difficulty" not in report.read_text() and not list(report.parent.glob("val_acc*"))
 
 
@@ -136,11 +139,13 @@ def test_a_tiny_copy_study_reports_the_runs_accuracy(tmp_path, capsys):
     assert study.main([str(path)]) == 0
     out = tmp_path / "out"
     report = (out / "report.md").read_text()
-    acc = {a: json.loads((out / "runs" / a / "lr0.003" / "seed0" / "result.json").read_text())["val_acc"] for a in ARMS}
-    last = json.loads((out / "runs" / "gpt_K2" / "lr0.003" / "seed0" / "metrics.jsonl").read_text().splitlines()[-1])
+    acc = {a: json.loads((out / "runs" / a / "lr0.003" / "seed0" / "30" / "result.json").read_text())["val_acc"]
+           for a in ARMS}
+    last = json.loads((out / "runs" / "gpt_K2" / "lr0.003" / "seed0" / "30" / "metrics.jsonl").read_text()
+                      .splitlines()[-1])
     assert last["val_acc"] == acc["gpt_K2"]
-    results = table_rows(report, "Results at equal budget")
-    assert all(results[a]["final val acc"] == f"{acc[a]:.4f}" for a in ARMS)
+    results = table_rows(report, "Results at the largest budget")
+    assert all(results[a]["val acc"] == f"{acc[a]:.4f}" for a in ARMS)
     table = table_rows(report, "Accuracy against difficulty")
     assert table["gpt w16"] == {"model, width": "gpt w16", "centre: K=4 T=16 V=64": f"{acc['gpt_K4']:.4f}",
                                 "K=2": f"{acc['gpt_K2']:.4f}"}

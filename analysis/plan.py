@@ -1,0 +1,149 @@
+"""The runs of a study: which (arm, lr, seed, budget) to train, where, with which train.py arguments.
+
+Two phases. Tuning: every arm with an lr grid trains each lr on the tuning seeds (`tune_seeds`) at
+every budget. Reporting: each arm trains the reported seeds at the lr its tuning seeds chose for each
+budget (`choose_lrs`, analysis/results.py). Without tune_seeds the tuning runs are the reported runs.
+
+Several budgets share runs (spec.share_runs, the wsd schedule): for one (arm, lr, seed) the largest
+budget trains straight and checkpoints at the step where each smaller budget starts its decay
+(train.fork_steps); the smaller budget then continues from that checkpoint with its own budget, which
+gives exactly the run that budget would have trained alone (tests/test_train.py), at a fraction of
+its cost. Folders: OUT/runs/<arm>/lr<lr>/seed<seed>/<kind><budget>/.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.results import DIVERGED
+from analysis.spec import BUDGET_KEYS, ArmSpec, StudySpec, as_overrides, in_root, shares_runs
+from engine.budget import Budget
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORD = "study_run.json"  # in each run folder: the train.py arguments it was started with
+
+
+@dataclass
+class Run:
+    arm: str
+    lr: float
+    seed: int
+    budget: float
+    out_dir: Path
+    args: list[str]                            # train.py's arguments: config file, then overrides
+    phase: str = "report"                      # "tune" | "report"
+    fork: tuple[Path, int] | None = None       # continue from this run's checkpoint after this step
+    grid: bool = False                         # one of several lrs: a divergence is a result, not a failure
+    cost: float = 0.0                          # the part of its budget it trains itself (progress estimates)
+
+    @property
+    def label(self) -> str:
+        return f"{self.arm} lr {self.lr:g} seed {self.seed} {budget_label(self.budget)}"
+
+    @property
+    def finished(self) -> bool:
+        return (self.out_dir / "result.json").is_file()
+
+    @property
+    def diverged(self) -> bool:
+        return (self.out_dir / DIVERGED).is_file()
+
+
+def budget_label(value: float) -> str:
+    return f"{value:g}"
+
+
+def rel(path: Path) -> str:
+    """Inside the repository: relative to it (runs start there), so a moved checkout keeps its runs."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def arm_overrides(spec: StudySpec, arm: ArmSpec, budget: float | None = None) -> list[str]:
+    """The arm's settings: [common] first, then the arm's overrides (which win), then the study's
+    budget, stated in full: the budget keys the study does not use are zeroed, so a budget that an
+    arm's config file sets itself (e.g. max_time_s) cannot clash with the study's or add to it."""
+    kind = spec.budget.kind
+    value = spec.budget.values[-1] if budget is None else budget
+    budgets = {"train.max_tokens": 0, "train.max_flops": 0.0, "train.max_time_s": 0.0, BUDGET_KEYS[kind]: value,
+               "train.n_evals": spec.n_evals}
+    if kind == "iters" or kind == "tokens":
+        budgets[BUDGET_KEYS[kind]] = int(value)
+    if shares_runs(spec):
+        budgets["optim.schedule"] = "wsd"
+    return as_overrides(spec.common) + as_overrides(arm.overrides) + as_overrides(budgets)
+
+
+def run_args(spec: StudySpec, arm: ArmSpec, lr: float, seed: int, budget: float, out_dir: Path,
+             fork_steps: list[int]) -> list[str]:
+    fixed = {"train.out_dir": rel(out_dir), "train.seed": seed, "optim.lr": lr, "train.init_from": "auto",
+             "wandb.group": spec.name,
+             # wandb's run id is the run name (engine/runlog.py), so it must be unique across studies
+             "wandb.run_name": f"{spec.name}-{arm.name}-lr{lr:g}-seed{seed}-{budget_label(budget)}"}
+    if fork_steps:
+        fixed["train.fork_steps"] = fork_steps
+    return [rel(in_root(arm.config)), *arm_overrides(spec, arm, budget), *as_overrides(fixed)]
+
+
+def ladder(spec: StudySpec, arm: ArmSpec, lr: float, seed: int, budgets: list[float],
+           steps: dict[float, Budget], phase: str) -> list[Run]:
+    """The runs of one (arm, lr, seed) over `budgets`: the largest first, the others continuing from its
+    forks when the study shares runs, else each on its own. steps[b]: budget b in steps for this arm."""
+    folder = in_root(spec.out_dir) / "runs" / arm.name / f"lr{lr:g}" / f"seed{seed}"
+    grid = len(arm.lrs) > 1
+    if not shares_runs(spec):
+        return [Run(arm.name, lr, seed, b, folder / budget_label(b),
+                    run_args(spec, arm, lr, seed, b, folder / budget_label(b), []), phase, None, grid, b)
+                for b in sorted(budgets, reverse=True)]
+    top, rest = max(budgets), sorted(set(budgets) - {max(budgets)}, reverse=True)
+    top_dir = folder / budget_label(top)
+    forks = sorted({steps[b].decay_start for b in rest})
+    runs = [Run(arm.name, lr, seed, top, top_dir, run_args(spec, arm, lr, seed, top, top_dir, forks), phase,
+                None, grid, top)]
+    for b in rest:
+        out, start = folder / budget_label(b), steps[b].decay_start
+        runs.append(Run(arm.name, lr, seed, b, out, run_args(spec, arm, lr, seed, b, out, []), phase,
+                        (top_dir, start), grid, b * (1 - start / steps[b].total_steps)))
+    return runs
+
+
+def tuning_runs(spec: StudySpec, steps: dict[str, dict[float, Budget]], only: list[str] = ()) -> list[Run]:
+    """Every lr of every arm with a grid on the tuning seeds (the reported seeds when there are none)."""
+    seeds = spec.tune_seeds or spec.seeds
+    return [run for arm in spec.arms if len(arm.lrs) > 1 and (not only or arm.name in only)
+            for lr in arm.lrs for seed in seeds
+            for run in ladder(spec, arm, lr, seed, spec.budget.values, steps[arm.name], "tune")]
+
+
+def report_runs(spec: StudySpec, chosen: dict[str, dict[float, float]], default_lrs: dict[str, float],
+                steps: dict[str, dict[float, Budget]], only: list[str] = ()) -> list[Run]:
+    """The reported seeds of every arm at the lr chosen for each budget (chosen[arm][budget]); an arm
+    without a grid at its one lr. Without tune_seeds, the grid arms' reported runs are the tuning runs."""
+    runs = []
+    for arm in spec.arms:
+        if only and arm.name not in only or (len(arm.lrs) > 1 and not spec.tune_seeds):
+            continue
+        by_lr: dict[float, list[float]] = {}
+        for b in spec.budget.values:
+            lr = chosen.get(arm.name, {}).get(b) if len(arm.lrs) > 1 else (arm.lrs or [default_lrs[arm.name]])[0]
+            if lr is not None:
+                by_lr.setdefault(lr, []).append(b)
+        runs += [run for lr, budgets in by_lr.items() for seed in spec.seeds
+                 for run in ladder(spec, arm, lr, seed, budgets, steps[arm.name], "report")]
+    return runs
+
+
+class PlanError(RuntimeError):
+    """A run folder that does not belong to this study file any more; the message says what to do."""
+
+
+def check_same_settings(run: Run) -> None:
+    """A run folder must keep the settings it was started with, finished or not: a changed budget or
+    override would otherwise be reported over results trained without it."""
+    record = run.out_dir / RECORD
+    if record.is_file():
+        before = json.loads(record.read_text())["args"]
+        if before != run.args:
+            changed = sorted(set(before) ^ set(run.args))
+            raise PlanError(f"{run.out_dir} was started with other settings (differs in: {', '.join(changed)}); "
+                             f"delete that folder to redo it, or give the study another out_dir")
