@@ -1,6 +1,6 @@
 """Prepare a token dataset: text -> OUT_ROOT/NAME/{train,val}.bin (flat uint16 ids) + meta.json.
 
-    python data/prepare.py shakespeare_char            # built-in: owt_sample, shakespeare, shakespeare_char
+    python data/prepare.py shakespeare_char            # built-in: owt_sample, owt_char, shakespeare, shakespeare_char
     python data/prepare.py openwebtext --num_proc 8    # the Hugging Face hub (~54 GB download, ~9B tokens)
     python data/prepare.py my_corpus --files a.txt b.jsonl [--tokenizer char] [--val_fraction 0.05]
 
@@ -56,6 +56,8 @@ class Recipe:
 
 BUILTIN = {
     "owt_sample": Recipe(files=(CORPORA / "openwebtext_sample_1206docs.jsonl",)),
+    # the same documents one character per token: on a CPU a model gets past the bigram within minutes
+    "owt_char": Recipe(files=(CORPORA / "openwebtext_sample_1206docs.jsonl",), tokenizer="char"),
     "shakespeare": Recipe(files=(CORPORA / "tinyshakespeare.txt",)),
     "shakespeare_char": Recipe(files=(CORPORA / "tinyshakespeare.txt",), tokenizer="char"),
     "openwebtext": Recipe(hf="Skylion007/openwebtext", val_fraction=0.0005),  # nanoGPT's test_size
