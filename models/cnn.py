@@ -180,9 +180,9 @@ def _build_vgg(cfg: list[int | str], in_channels: int, norm: str) -> SequentialC
 
 def _build_resnet(cfg: list[int | str], in_channels: int, norm: str) -> SequentialCNN:
     # No 7x7 stride-2 stem and no max-pool: on 32 x 32 token images they would throw away 15/16 of the
-    # pixels before the first block.
-    layers: list[nn.Module] = _conv_block(in_channels, 64, norm)
-    c = 64
+    # pixels before the first block. The stem has the width of the first block.
+    c = next(v for v in cfg if v != "M")
+    layers: list[nn.Module] = _conv_block(in_channels, c, norm)
     for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(2))
@@ -275,8 +275,11 @@ def _remove_classifier(model: nn.Module, name: str) -> int:
     return width
 
 
-def validate_cnn(name: str, norm: str = "none", pool: str = "end") -> None:
-    """Raise ConfigError unless build_cnn(name, ..., norm=norm, pool=pool) is a valid choice (builds nothing)."""
+def validate_cnn(name: str, norm: str = "none", pool: str = "end", width: int = 64) -> None:
+    """Raise ConfigError unless build_cnn(name, ..., norm=norm, pool=pool, width=width) is a valid choice
+    (builds nothing)."""
+    if width <= 0 or width % 4:
+        raise ConfigError(f"model.cnn_width must be a positive multiple of 4, got {width}")
     if norm not in NORMS:
         raise ConfigError(f"model.cnn_norm: unknown cnn_norm {norm!r}; choose one of {', '.join(NORMS)} (no BatchNorm: it "
                           "shares statistics across the token images of a batch, which breaks causality)")
@@ -291,21 +294,23 @@ def validate_cnn(name: str, norm: str = "none", pool: str = "end") -> None:
             raise ConfigError(f"unknown torchvision model {tv!r} in cnn {name!r}; {len(known)} classification "
                               f"models, e.g. {examples} "
                               "(all: torchvision.models.list_models(module=torchvision.models))")
-        if pool != "end":
-            raise ConfigError(f"cnn_pool {pool!r} applies to {', '.join(CNN_NAMES)}; torchvision backbones "
-                              "downsample on their own: use cnn_pool 'end'")
+        if pool != "end" or width != 64:
+            raise ConfigError(f"cnn_pool and cnn_width apply to {', '.join(CNN_NAMES)}; torchvision backbones have "
+                              "their own widths and downsample on their own: use cnn_pool 'end' and cnn_width 64")
     elif name not in CNN_NAMES:
         raise ConfigError(f"model.cnn: unknown cnn {name!r}; choose one of {', '.join(CNN_NAMES)}, "
                           f"or {TV_PREFIX}<name> for a torchvision backbone (e.g. {TV_PREFIX}resnet18)")
 
 
-def build_cnn(name: str, in_channels: int, *, norm: str = "none", pool: str = "end") -> CNN:
-    """The one entry point: a CNN reading in_channels x H x W images; unknown choices are ConfigErrors."""
-    validate_cnn(name, norm, pool)
+def build_cnn(name: str, in_channels: int, *, norm: str = "none", pool: str = "end", width: int = 64) -> CNN:
+    """The one entry point: a CNN reading in_channels x H x W images; unknown choices are ConfigErrors.
+    width: the channels of the first stage of vgg / vgg_wide / resnet (the original: 64); every layer
+    is scaled by width / 64, so vgg_wide ends at 4 x width."""
+    validate_cnn(name, norm, pool, width)
     if in_channels <= 0:
         raise ConfigError(f"a CNN needs at least one input channel, got in_channels={in_channels}")
     if name.startswith(TV_PREFIX):
         return TorchvisionCNN(name[len(TV_PREFIX):], in_channels, norm)
     cfgs, builder = (VGG_CFGS, _build_vgg) if name in VGG_CFGS else (RESNET_CFGS, _build_resnet)
-    cfg = cfgs[name] if pool == "stages" else [v for v in cfgs[name] if v != "M"]
+    cfg = [v if v == "M" else v * width // 64 for v in cfgs[name] if pool == "stages" or v != "M"]
     return builder(cfg, in_channels, norm)

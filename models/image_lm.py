@@ -10,12 +10,25 @@ D = C*H*W, F = the CNN's pooled feature width.
   stage:   LayerNorm -> mixer (models/mixers.py, by model.mixer): paints a_t and mixes causally into A_t
              sum / mean (idea 1: running sum / mean), attn (idea 2: attention with image values),
              none (the control: A_t = a_t)
-           -> CNN on all B*T images (A_t, or [a_t, A_t] with own_image), in chunks -> features (B, T, F)
-  head:    plain (n_chain = 0): LayerNorm(F) -> Linear(F, V), untied (F != d in general, and the CNN
-                  features are not token embeddings)
+           -> per-image norm (img_norm) -> CNN on all B*T images (A_t, or [a_t, A_t] with own_image),
+              in chunks -> pooled features (B, T, F)
+  head:    proj (n_chain = 0, the default): c_proj(features) (F -> d) -> LayerNorm(d) -> lm_head tied to
+                  the token embedding, as in GPT-2
+           plain (n_chain = 0, the original): LayerNorm(F) -> Linear(F, V), untied
            chained (n_chain >= 1): n_chain stages, each x = x + c_proj(stage(x)) (F -> d, residual);
-                  then LayerNorm(d) -> lm_head tied to the token embedding, as in GPT-2
-           front only (image_stage = false, the control): LayerNorm(d) -> tied lm_head on the front
+                  then LayerNorm(d) -> the tied lm_head
+           front only (image_stage = false, the control): LayerNorm(d) -> the tied lm_head on the front
+
+WHY img_norm AND THE proj HEAD (the defaults; the original wiring is img_norm = "none", head = "plain").
+Trained as the original wires it, every image model collapses to predicting the unigram distribution
+within ~100 steps (configs/studies/diagnostics.toml and docs/STUDY.md give the measurements): the
+token-independent part of the signal (the unigram, carried by biases that Adam moves ~1e-3 per step,
+against token embeddings of N(0, 0.02)) grows until it dominates every token's image; each scale-
+invariant norm after it then divides the token-specific part, and its gradient, by that ratio, which
+feeds the common part further. A per-image, per-channel norm of the CNN input removes the common
+offset of every channel of every image (and makes the input scale independent of t, sum or mean), and
+the projected, tied head gives the embeddings the direct gradient a GPT has and removes the F-wide
+bottleneck (F = 64 against a vocabulary of 50304 in the original).
 
 NO INFORMATION BETWEEN TOKEN IMAGES. The CNN sees the B*T images of a batch as one batch of N images.
 Anything that computes statistics over that batch -- BatchNorm in train mode, a pooling or a norm
@@ -61,7 +74,13 @@ class ImageLMConfig:
     height: int = option(32, "H of a token image")
     width: int = option(32, "W of a token image")
     cnn: str = option("vgg", "vgg | vgg_wide | resnet | tv:<torchvision classifier> (models/cnn.py)")
+    cnn_width: int = option(64, "channels of the first CNN stage (the original: 64); every layer scales with it")
     cnn_norm: str = option("none", "per-image norm in the CNN: none | group | layer (never BatchNorm)")
+    img_norm: str = option("group", "per-image norm of the CNN's input: group (each channel of each image), layer "
+                           "(each image), none (the original; it collapses, see the module docstring)",
+                           ("group", "layer", "none"))
+    head: str = option("proj", "one stage: proj (features -> width d -> tied head) or plain (the original: "
+                       "features -> untied head)", ("proj", "plain"))
     cnn_pool: str = option("end", "end: global average pool after the last conv; stages: 2x2 max-pools between stages")
     cnn_chunk: int = option(0, "images per CNN call; 0: all B*T at once")
     cnn_checkpoint: bool = option(False, "recompute each chunk's CNN activations in backward (memory ~ one chunk)")
@@ -92,7 +111,7 @@ class ImageLMConfig:
         if self.image_heads < 0 or self.channels % self.heads or self.n_embd % self.heads:
             raise ConfigError(f"model.image_heads = {self.image_heads} must divide model.channels "
                               f"({self.channels}) and model.n_embd ({self.n_embd}); 0 means one per channel")
-        validate_cnn(self.cnn, self.cnn_norm, self.cnn_pool)
+        validate_cnn(self.cnn, self.cnn_norm, self.cnn_pool, self.cnn_width)
 
 
 # Registered defaults (models/__init__.py): idea 1, idea 2 and their chained forms.
@@ -127,7 +146,9 @@ class ImageReader(nn.Module):
         super().__init__()
         self.shape = (in_channels, cfg.height, cfg.width)
         self.chunk, self.use_checkpoint, self.channels_last = cfg.cnn_chunk, cfg.cnn_checkpoint, cfg.channels_last
-        self.cnn: CNN = build_cnn(cfg.cnn, in_channels, norm=cfg.cnn_norm, pool=cfg.cnn_pool)
+        groups = {"group": in_channels, "layer": 1}.get(cfg.img_norm)  # statistics of one image only
+        self.in_norm = nn.GroupNorm(groups, in_channels) if groups else nn.Identity()
+        self.cnn: CNN = build_cnn(cfg.cnn, in_channels, norm=cfg.cnn_norm, pool=cfg.cnn_pool, width=cfg.cnn_width)
         if cfg.channels_last:
             self.cnn.to(memory_format=torch.channels_last)
 
@@ -137,26 +158,28 @@ class ImageReader(nn.Module):
         if self.channels_last:
             flat = flat.contiguous(memory_format=torch.channels_last)
         chunks = flat.split(self.chunk) if self.chunk else (flat,)
+        read = lambda images: self.cnn(self.in_norm(images))  # noqa: E731
         if self.use_checkpoint and torch.is_grad_enabled():
             # keeps only each chunk's input and pooled output; the activations are recomputed in backward
-            feats = [checkpoint(self.cnn, c, use_reentrant=False) for c in chunks]
+            feats = [checkpoint(read, c, use_reentrant=False) for c in chunks]
         else:
-            feats = [self.cnn(c) for c in chunks]
+            feats = [read(c) for c in chunks]
         return torch.cat(feats).view(B, T, -1)  # (B, T, F)
 
 
 class ImageStage(nn.Module):
     """x (B, n, d) -> LayerNorm -> painted and causally mixed token images -> CNN -> features (B, n, F).
-    In a chain, c_proj (F -> d) maps the features back to the residual stream (applied by the model)."""
+    c_proj (F -> d) maps the features back to width d (the proj head, or a chain's residual stream),
+    applied by the model."""
 
     reader: ImageReader  # the CNN, attached by ImageLM after its GPT-2 init (which must not touch it)
 
-    def __init__(self, cfg: ImageLMConfig, features: int, chained: bool):
+    def __init__(self, cfg: ImageLMConfig, features: int, project: bool):
         super().__init__()
         self.own_image = cfg.own_image
         self.ln = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mix = MIXERS[cfg.mixer](cfg.n_embd, cfg.channels, cfg.height, cfg.width, cfg.heads, cfg.bias)
-        self.c_proj = nn.Linear(features, cfg.n_embd, bias=cfg.bias) if chained else None
+        self.c_proj = nn.Linear(features, cfg.n_embd, bias=cfg.bias) if project else None
 
     def images(self, x: torch.Tensor, cache: Cache | None = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, A): each token's painted image and its causally mixed image, (B, n, D) each."""
@@ -181,8 +204,8 @@ class ImageLM(nn.Module):
         in_channels = cfg.channels * (2 if cfg.own_image else 1)
         readers = [ImageReader(cfg, in_channels) for _ in range(max(1, cfg.n_chain) * cfg.image_stage)]
         F_ = readers[0].cnn.out_features if readers else cfg.n_embd
-        self.stages = nn.ModuleList(ImageStage(cfg, F_, chained=cfg.n_chain > 0) for _ in readers)
-        self.tied = cfg.n_chain > 0 or not cfg.image_stage
+        self.tied = not (readers and cfg.n_chain == 0 and cfg.head == "plain")
+        self.stages = nn.ModuleList(ImageStage(cfg, F_, project=self.tied) for _ in readers)
         width = cfg.n_embd if self.tied else F_  # plain: the head reads the pooled CNN features, normalised
         self.ln_f = nn.LayerNorm(width, bias=cfg.bias)  # (a CNN without norms has no fixed output scale;
         self.lm_head = nn.Linear(width, cfg.vocab_size, bias=False)  # LayerNorm keeps the initial loss ~ ln V)
@@ -205,12 +228,15 @@ class ImageLM(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: Cache | None = None,
                 start: int = 0):
         x = self.front(idx, cache, start)  # (B, n, d)
-        if self.tied:
-            for stage in self.stages:
-                x = x + stage.c_proj(stage(x, cache, start))  # (B, n, d)
-            logits = self.lm_head(self.ln_f(x))  # (B, n, V)
-        else:
-            logits = self.lm_head(self.ln_f(self.stages[0](x, cache, start)))  # (B, n, V)
+        if not self.tied:  # the original head: normalised pooled features -> untied vocabulary map
+            return self.finish(self.stages[0](x, cache, start), targets)  # (B, n, F) -> logits
+        for stage in self.stages:
+            y = stage.c_proj(stage(x, cache, start))  # (B, n, d)
+            x = x + y if self.cfg.n_chain else y  # a chain adds to the residual stream; the proj head replaces
+        return self.finish(x, targets)
+
+    def finish(self, x: torch.Tensor, targets: torch.Tensor | None):
+        logits = self.lm_head(self.ln_f(x))  # (B, n, V)
         return logits, lm_loss(logits, targets)
 
     def components(self) -> dict[str, list[nn.Module]]:

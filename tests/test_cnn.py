@@ -103,6 +103,10 @@ def test_architectures_follow_the_study():
     resnet = build_cnn("resnet", 8)
     assert convs(resnet) == [(8, 64, *k3)] + [(64, 64, *k3)] * 8  # stem + 4 basic blocks of 2 convs
     assert sum(isinstance(m, torchvision.models.resnet.BasicBlock) for m in resnet.modules()) == 4
+    narrow = [(m.in_channels, m.out_channels) for m in build_cnn("vgg_wide", 8, width=16).modules()
+              if isinstance(m, nn.Conv2d)]
+    assert narrow == [(i * 16 // 64 if i != 8 else 8, o * 16 // 64) for i, o in wide]  # every layer scaled
+    assert build_cnn("resnet", 8, width=32).out_features == 32 and build_cnn("vgg", 8, width=16).out_features == 16
     for name in CNN_NAMES:  # "end": all convs at full resolution; "stages": 2 max-pools
         assert sum(isinstance(m, nn.MaxPool2d) for m in build_cnn(name, 8).modules()) == 0
         assert sum(isinstance(m, nn.MaxPool2d) for m in build_cnn(name, 8, pool="stages").modules()) == 2
@@ -125,8 +129,9 @@ def test_channels_last_input(name):
 
 @pytest.mark.parametrize("name", CNN_NAMES)
 @pytest.mark.parametrize("pool", POOLS)
-def test_forward_flops_equal_flop_counter(name, pool):
-    cnn = build_cnn(name, C, pool=pool)
+@pytest.mark.parametrize("width", [64, 16])
+def test_forward_flops_equal_flop_counter(name, pool, width):
+    cnn = build_cnn(name, C, pool=pool, width=width)
     for h, w in [(16, 16), (20, 12), (32, 32)]:
         assert cnn.forward_flops(h, w) == counted_flops(cnn, torch.randn(1, C, h, w)), (h, w)
 
@@ -179,5 +184,9 @@ def test_unknown_choices_are_config_errors():
         build_cnn("tv:resnet9000", C)
     with pytest.raises(ConfigError, match="'end'"):
         build_cnn("tv:resnet18", C, pool="stages")
+    with pytest.raises(ConfigError, match="cnn_width 64"):
+        build_cnn("tv:resnet18", C, width=32)
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        build_cnn("vgg", C, width=10)
     with pytest.raises(ConfigError, match="in_channels"):
         build_cnn("vgg", 0)

@@ -150,12 +150,13 @@ def closed_forms(cfg) -> dict[str, int]:
 
     GPT Block: ln_1, ln_2 (2d each), c_attn (3d^2 + 3d), attn c_proj (d^2 + d), c_fc (4d^2 + 4d),
     mlp c_proj (4d^2 + d) = 12d^2 + 13d; without attention (warmup "mlp") 8d^2 + 7d; attention only
-    (extra_attn) 4d^2 + 6d. VGG: conv C'->64 (9*64*C' + 64), eight 64->64 (9*64*64 + 64).
+    (extra_attn) 4d^2 + 6d. VGG: conv C'->64 (9*64*C' + 64), eight 64->64 (9*64*64 + 64), after the input's
+    GroupNorm (2C': a gain and a shift per channel, img_norm "group" or "layer").
     """
     d, V, D = cfg.n_embd, cfg.vocab_size, cfg.channels * cfg.height * cfg.width
     attn = cfg.mixer == "attn"
     n = max(1, cfg.n_chain) if cfg.image_stage else 0
-    F_, tied = 64, cfg.n_chain > 0 or not cfg.image_stage
+    F_, tied = 64, cfg.n_chain > 0 or not cfg.image_stage or cfg.head == "proj"
     block = 12 * d * d + 13 * d if cfg.warmup == "gpt" else 8 * d * d + 7 * d
     c_in = cfg.channels * (2 if cfg.own_image else 1)
     return {
@@ -163,8 +164,8 @@ def closed_forms(cfg) -> dict[str, int]:
         "front": cfg.n_layer * block + cfg.extra_attn * (4 * d * d + 6 * d),
         "mapping": n * (2 * d + d * D + (D if attn else 0)),        # stage LayerNorm + paint (idea 2: bias)
         "mixer": n * (2 * d * d + 2 * d) if attn else 0,            # idea 2's q, k; the others have none
-        "cnn": n * (9 * 64 * c_in + 64 + 8 * (9 * 64 * 64 + 64)),
-        "proj": cfg.n_chain * cfg.image_stage * (F_ * d + d),       # chained: features back to the stream
+        "cnn": n * (9 * 64 * c_in + 64 + 8 * (9 * 64 * 64 + 64) + (2 * c_in if cfg.img_norm != "none" else 0)),
+        "proj": n * tied * (F_ * d + d),                            # features back to width d (chain or proj head)
         "head": 2 * d if tied else 2 * F_ + F_ * V,                 # ln_f (+ untied lm_head when plain)
     }
 
