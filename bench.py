@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,9 +18,9 @@ import torch
 from config import Config, ConfigError, load_config, resolve_vocab
 from data import DataError, open_dataset
 from engine import runtime
+from engine.bench import random_batches, rates, reset_peak_memory, time_steps
 from engine.optim import make_optimizer
-from engine.perf import cpu_matmul_flops, peak_flops
-from engine.trainer import train_step
+from engine.perf import cpu_matmul_flops, peak_flops, peak_memory_bytes
 from models import build_model
 
 
@@ -40,10 +38,7 @@ def batches_for(cfg: Config, n_micro: int, step: int) -> tuple[Config, list]:
     if cfg.model.vocab_size == 0:
         raise ConfigError(f"dataset {cfg.data.dataset!r} is not prepared and model.vocab_size is 0: prepare it "
                           f"(python data/prepare.py {cfg.data.dataset}) or pass --model.vocab_size=N")
-    g = torch.Generator().manual_seed(step)
-    shape = (cfg.train.batch_size, cfg.model.block_size)
-    return cfg, [(torch.randint(0, cfg.model.vocab_size, shape, generator=g),
-                  torch.randint(0, cfg.model.vocab_size, shape, generator=g)) for _ in range(n_micro)]
+    return cfg, random_batches(cfg.train.batch_size, cfg.model.block_size, cfg.model.vocab_size, n_micro, seed=step)
 
 
 def bench(cfg: Config, steps: int = 10, warmup: int = 3) -> dict:
@@ -55,30 +50,21 @@ def bench(cfg: Config, steps: int = 10, warmup: int = 3) -> dict:
     raw = build_model(cfg.model).to(rt.device)
     model = torch.compile(raw) if cfg.train.compile else raw
     optimizer = make_optimizer(raw, cfg.optim, rt.device.type)
-    sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
-    if rt.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(rt.device)
-    times = []
-    for i in range(warmup + steps):
-        sync()
-        t0 = time.perf_counter()
-        train_step(model, optimizer, batches, rt, cfg.optim.grad_clip)  # ends in .item(): synchronised
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    reset_peak_memory(rt.device)
+    times = time_steps(model, optimizer, batches, rt, cfg.optim.grad_clip, steps, warmup)
     ms = statistics.median(times) * 1e3
     tokens = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
     flops_per_token = raw.flops_per_token()
     peak = peak_flops(rt.device)
-    achieved = tokens / (ms / 1e3) * flops_per_token
-    memory = (torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    rate = rates(ms, tokens, flops_per_token, peak)
+    memory = peak_memory_bytes(rt.device)
     return {
         "model": cfg.model.name, "device": str(rt.device), "dtype": str(rt.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(), "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
         "block_size": cfg.model.block_size, "parameters": sum(p.numel() for p in raw.parameters()),
         "steps": steps, "ms_per_iter": round(ms, 3), "ms_per_iter_min": round(min(times) * 1e3, 3),
-        "tokens_per_s": round(tokens / (ms / 1e3), 1), "flops_per_token": flops_per_token,
-        "achieved_flops": achieved, "peak_flops": peak, "mfu": achieved / peak if peak else None,
+        "tokens_per_s": round(rate["tokens_per_s"], 1), "flops_per_token": flops_per_token,
+        "achieved_flops": rate["achieved_flops"], "peak_flops": peak, "mfu": rate["mfu"],
         "peak_memory_bytes": memory, "cpu_matmul_flops": cpu_matmul_flops() if rt.device.type == "cpu" else None,
     }
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import resource
 import time
 
 import torch
@@ -38,6 +39,13 @@ def peak_flops(device: torch.device) -> float | None:
         name = torch.cuda.get_device_name(device)
         return next((peak for key, peak in GPU_PEAK_BF16 if key in name), None)
     return None
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """GPU: the allocator's peak since the last reset; CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def activation_bytes(model: torch.nn.Module, block_size: int, batch: int = 1) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import resource
 import signal
 import sys
 import time
@@ -29,7 +28,7 @@ from engine.checkpoint import atomic_write_text, has_checkpoint, keep_newest_onl
 from engine.evaluation import evaluate
 from engine.guard import Diverged, LossGuard, Preempted, StopFlag
 from engine.optim import make_optimizer
-from engine.perf import peak_flops
+from engine.perf import peak_flops, peak_memory_bytes
 from engine.runlog import MetricsLog, run_record
 from models import LanguageModel, build_model
 
@@ -292,13 +291,13 @@ def agree(rt: runtime.Runtime, stop: bool, bad: bool, time_s: float) -> tuple[bo
 def write_result(run: Run) -> None:
     """result.json marks a finished run and holds its final figures (the study reads it)."""
     rt, last, fpt = run.rt, run.log.last, run.model.flops_per_token()
-    memory = (torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    memory = peak_memory_bytes(rt.device)
     mean_rate = last["tokens"] / last["time_s"] if last.get("time_s") else None
     peak = peak_flops(rt.device)
     result = {key: last.get(key) for key in ("step", "tokens", "flops", "time_s", "val_loss", "train_loss",
                                              "val_acc", "train_acc")}
     result.update(parameters=sum(p.numel() for p in run.model.parameters()), flops_per_token=fpt,
+                  hardware_flops_per_token=fpt + run.model.recompute_flops_per_token(),
                   tokens_per_s=mean_rate, peak_memory_bytes=memory,
                   mfu=mean_rate * fpt / (peak * rt.world_size) if mean_rate and peak else None, **run.final)
     atomic_write_text(run.out_dir / "result.json", json.dumps(result, indent=2) + "\n")

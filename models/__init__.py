@@ -7,6 +7,7 @@
     model.param_counts() -> {component: n}      # parameters per component, each counted once
     model.components() -> {component: modules}  # the same parts, for per-component gradient norms
     model.flops_per_token() -> float            # training FLOPs per token (forward + backward) at T = block_size
+    model.recompute_flops_per_token() -> float  # what activation checkpointing adds on top (hardware FLOPs)
     Decoder(model, idx)                         # incremental decoding for sampling (models/decoding.py)
 Every model is causal: logits at position t depend on idx[:, :t+1] only.
 """
@@ -36,6 +37,8 @@ class LanguageModel(Protocol):
     def param_counts(self) -> dict[str, int]: ...
 
     def flops_per_token(self) -> float: ...
+
+    def recompute_flops_per_token(self) -> float: ...
 
 
 class Entry(NamedTuple):

@@ -194,6 +194,10 @@ class GPT(nn.Module):
         seen: set[int] = set()
         return {name: count_params(modules, seen) for name, modules in self.components().items()}
 
+    def recompute_flops_per_token(self) -> float:
+        """FLOPs per token that activation checkpointing adds to flops_per_token (none here)."""
+        return 0.0
+
     def flops_per_token(self) -> float:
         """Training FLOPs per token at T = block_size: 3x forward (backward costs two forwards).
 

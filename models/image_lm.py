@@ -253,6 +253,13 @@ class ImageLM(nn.Module):
         seen: set[int] = set()
         return {name: count_params(modules, seen) for name, modules in self.components().items()}
 
+    def recompute_flops_per_token(self) -> float:
+        """FLOPs per token that cnn_checkpoint adds to flops_per_token: each stage's CNN forward runs once
+        more in backward. Hardware FLOPs = model FLOPs + this."""
+        if not self.cfg.cnn_checkpoint:
+            return 0.0
+        return float(sum(stage.reader.cnn.forward_flops(self.cfg.height, self.cfg.width) for stage in self.stages))
+
     def flops_per_token(self) -> float:
         """Training FLOPs per token at T = block_size: 3 x forward (backward = two forwards).
 
