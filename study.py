@@ -15,18 +15,15 @@ repository root.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from analysis.plan import RECORD, PlanError, Run, arm_overrides, check_same_settings, rel, report_runs, tuning_runs
-from analysis.results import DIVERGED, choose_lrs
+from analysis.plan import PlanError, arm_overrides, check_same_settings, rel, report_runs, tuning_runs
+from analysis.results import choose_lrs
+from analysis.runner import Progress, StudyError, run_all
 from analysis.spec import ArmSpec, BudgetSpec, SampleSpec, StudySpec, in_root, load_study
 from config import Config, ConfigError, load_config, resolve_vocab
 from engine.budget import Budget
@@ -34,11 +31,6 @@ from schema import describe
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_STUDY = ROOT / "configs" / "studies" / "default.toml"
-STDERR_TAIL = 25  # lines of a failed run's stderr to show
-
-
-class StudyError(RuntimeError):
-    """A run or a data preparation failed; the message says which, why and where its log is."""
 
 
 def resolve_arm(spec: StudySpec, arm: ArmSpec, budget: float | None = None) -> Config:
@@ -101,116 +93,6 @@ def preflight(spec: StudySpec, arms: list[ArmSpec], dry_run: bool) -> dict[str, 
     return steps
 
 
-def tail(path: Path, n: int) -> str:
-    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-    return "\n".join("    " + line for line in lines[-n:])
-
-
-def start_fork(run: Run) -> None:
-    """A run that continues another's fork point: copy that checkpoint in (once), so it resumes there."""
-    parent, step = run.fork
-    source = parent / "forks" / str(step)
-    if not (run.out_dir / "ckpt.json").is_file():
-        if not (source / "ckpt.json").is_file():
-            raise StudyError(f"run {run.label} continues {rel(parent)} after step {step}, but {rel(source)} "
-                             f"holds no checkpoint; delete {rel(parent)} to retrain it")
-        shutil.copytree(source, run.out_dir, dirs_exist_ok=True)
-
-
-def train_here(run: Run) -> str | None:
-    """Train one run in this process, its output going to the run folder; the error text, if it failed."""
-    from engine.guard import Diverged, Preempted
-    from engine.trainer import train
-    with open(run.out_dir / "stdout.log", "a") as out, open(run.out_dir / "stderr.log", "w") as err, \
-            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            train(load_config(run.args[0], run.args[1:]))
-        except Diverged as e:
-            print(f"error: training diverged: {e}", file=err)
-            return f"error: training diverged: {e}"
-        except Preempted:
-            raise KeyboardInterrupt from None
-        except Exception as e:  # ConfigError, DataError, CheckpointError, a bug: reported with its log
-            import traceback
-            traceback.print_exc(file=err)
-            return f"{type(e).__name__}: {e}"
-    return None
-
-
-def train_subprocess(run: Run, launcher: list[str]) -> str | None:
-    """Train one run with torchrun over every GPU; the tail of its stderr if it failed."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(run.out_dir / "stdout.log", "a") as out, open(run.out_dir / "stderr.log", "w") as err:
-        proc = subprocess.Popen([*launcher, "train.py", *run.args], cwd=ROOT, stdout=out, stderr=err, env=env)
-        try:
-            code = proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            raise
-    return None if code == 0 else (run.out_dir / "stderr.log").read_text(errors="replace")
-
-
-def launcher() -> list[str] | None:
-    """torchrun over every GPU when there are several (grad_accum must divide by their number); None:
-    train in this process."""
-    import torch
-    k = torch.cuda.device_count()
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={k}"] if k > 1 else None
-
-
-def execute(run: Run, prefix: str) -> None:
-    """Train one run and print one line about it; a diverged grid run is recorded, not fatal."""
-    run.out_dir.mkdir(parents=True, exist_ok=True)
-    if run.fork:
-        start_fork(run)
-    (run.out_dir / RECORD).write_text(json.dumps({"args": run.args}, indent=1) + "\n")
-    t0 = time.time()
-    cmd = launcher()
-    error = train_here(run) if cmd is None else train_subprocess(run, cmd)
-    if error is not None and run.grid and "error: training diverged" in error:
-        (run.out_dir / DIVERGED).write_text(json.dumps({"error": error.strip().splitlines()[-1]}) + "\n")
-        print(f"{prefix} diverged (non-finite loss); left out of the lr choice", flush=True)
-        return
-    if error is not None or not run.finished:
-        raise StudyError(f"run {run.label} failed: {(error or 'no result.json').strip().splitlines()[-1]}\n"
-                         f"last lines of its log ({rel(run.out_dir / 'stderr.log')}):\n"
-                         f"{tail(run.out_dir / 'stderr.log', STDERR_TAIL)}\n"
-                         f"fix the cause and rerun the same command: finished runs are kept, this one resumes")
-    result = json.loads((run.out_dir / "result.json").read_text())
-    acc = f", val acc {result['val_acc']:.4f}" if result.get("val_acc") is not None else ""
-    print(f"{prefix} trained in {time.time() - t0:.0f} s: val loss {result['val_loss']:.4f}{acc} "
-          f"after {result['step']} steps", flush=True)
-
-
-class Progress:
-    """Position, measured rate and an estimate of the time left, from the budget each run trains itself."""
-
-    def __init__(self, total_cost: float):
-        self.total, self.done, self.seconds, self.t0 = total_cost, 0.0, 0.0, time.time()
-
-    def prefix(self, i: int, n: int, run: Run) -> str:
-        eta = "" if not self.done else f", about {self.seconds / self.done * (self.total - self.done) / 60:.1f} min left"
-        return f"[{i}/{n}{eta}] {run.phase} {run.label}:"
-
-    def add(self, run: Run, seconds: float) -> None:
-        self.done, self.seconds = self.done + run.cost, self.seconds + seconds
-
-
-def run_all(runs: list[Run], progress: Progress, dry_run: bool) -> None:
-    for i, run in enumerate(runs, 1):
-        prefix = progress.prefix(i, len(runs), run)
-        if dry_run:
-            fork = f"   # continues {rel(run.fork[0])} after step {run.fork[1]}" if run.fork else ""
-            print(shlex.join(["python", "train.py", *run.args]) + ("   # finished" if run.finished else fork))
-        elif run.finished or run.diverged:
-            print(f"{prefix} {'finished' if run.finished else 'diverged'} earlier, skipped", flush=True)
-        else:
-            t0 = time.time()
-            execute(run, prefix)
-            progress.add(run, time.time() - t0)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     keys = "\n".join(f"  {k:<22} {t:<14} {d:<14} {doc}" for cls, p in [(StudySpec, ""), (BudgetSpec, "budget."),
                                                                         (ArmSpec, "arm."), (SampleSpec, "sample.")]
@@ -240,16 +122,17 @@ def run_study(spec: StudySpec, text: str, only: list[str], dry_run: bool) -> Pat
     for run in tuning:
         check_same_settings(run)
     todo = [r for r in tuning if not only or r.arm in only]
-    progress = Progress(sum(r.cost for r in todo + guess if not r.finished))
-    print(f"{len(todo)} tuning runs, then about {len(guess)} reported runs", flush=True)
-    run_all(todo, progress, dry_run)
+    progress = Progress(sum(r.cost for r in todo + guess if not r.finished), spec.jobs)
+    print(f"{len(todo)} tuning runs, then about {len(guess)} reported runs"
+          + (f", {spec.jobs} at a time" if spec.jobs > 1 else ""), flush=True)
+    run_all(todo, progress, dry_run, spec.jobs)
     if dry_run and not all(r.finished or r.diverged for r in todo):
         print("# the reported runs follow from the tuning runs' results (the lr each arm's tuning seeds choose)")
         return None
     reported = report_runs(spec, choose_lrs(tuning), default_lrs, steps)
     for run in reported:
         check_same_settings(run)
-    run_all([r for r in reported if not only or r.arm in only], progress, dry_run)
+    run_all([r for r in reported if not only or r.arm in only], progress, dry_run, spec.jobs)
     if dry_run:
         return None
     from analysis.report import write_report  # plots, statistics, samples: heavy imports only when needed

@@ -98,6 +98,8 @@ class StudySpec:
     share_runs: bool = option(True, "several budgets: one wsd run per arm, lr and seed whose shorter budgets "
                               "continue from its checkpoints (bit-identical to separate runs, ~1/3 cheaper); "
                               "false: separate runs with the configs' own schedule")
+    jobs: int = option(1, "CPU studies: runs trained at once, each in its own process with cores / jobs threads "
+                       "(GPU studies train one run at a time)")
     baseline: str = option("", "the arm the others are compared with; empty: the first GPT arm, else the first arm")
     reference: str = option("gpt2", "gpt2: a pretrained GPT-2 row when its weights load; empty: none",
                             ("gpt2", ""))
@@ -162,6 +164,8 @@ def validate(spec: StudySpec) -> StudySpec:
     if len(set(spec.tune_seeds)) != len(spec.tune_seeds) or set(spec.tune_seeds) & set(spec.seeds):
         raise ConfigError(f"tune_seeds {spec.tune_seeds} must be distinct and disjoint from seeds {spec.seeds}: "
                           f"an lr chosen on the reported seeds flatters the arms")
+    if spec.jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, got {spec.jobs}")
     if spec.n_evals <= 0:
         raise ConfigError(f"n_evals must be positive, got {spec.n_evals}")
     spec.common = flatten(spec.common, "[common]")

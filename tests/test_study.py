@@ -401,3 +401,19 @@ def test_a_budget_in_an_arm_config_is_replaced_not_added_to(tmp_path, capsys):
     assert steps == math.ceil(4e8 / (4 * 16 * fpt))  # batch 4 x block 16 tokens per step
     command = next(line for line in out if line.startswith("python train.py"))
     assert "--train.max_time_s=0.0" in command and "--train.max_flops=400000000.0" in command
+
+
+@pytest.mark.slow
+def test_two_jobs_at_once_train_the_same_runs(finished_study, tmp_path):
+    """jobs = 2: ladders train in two worker processes; every run ends exactly as it did one at a time."""
+    path, out, _ = finished_study
+    parallel = tmp_path / "parallel.toml"
+    parallel.write_text(path.read_text().replace(f'out_dir = "{out}"', f'out_dir = "{tmp_path / "out"}"\njobs = 2'))
+    proc = run_study(str(parallel))
+    assert proc.returncode == 0, proc.stderr
+    assert ", 2 at a time" in proc.stdout
+    results = sorted((out / "runs").rglob("result.json"))
+    assert len(results) == 12
+    for r in results:
+        twin = tmp_path / "out" / r.relative_to(out)
+        assert json.loads(twin.read_text())["val_loss"] == json.loads(r.read_text())["val_loss"], r
