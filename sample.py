@@ -26,7 +26,8 @@ def read_start(start: str) -> str:
     if start.startswith("FILE:"):
         path = Path(start.removeprefix("FILE:"))
         if not path.is_file():
-            raise StartError(f"--start {start}: there is no file {path}")
+            raise StartError(f"--start {start}: there is no file {path} (relative paths start from the current "
+                             f"directory); give an existing file, or the prompt itself without FILE:")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -45,9 +46,9 @@ def encode_start(tokenizer, text: str) -> list[int]:
     try:
         ids = tokenizer.encode(text)
     except (ValueError, KeyError) as e:
-        raise StartError(f"--start cannot be encoded by this model's tokenizer: {e}") from None
+        raise StartError(f"--start cannot be encoded by this model's tokenizer: {e}; remove or replace it") from None
     if not ids:
-        raise StartError("--start encodes to no tokens")
+        raise StartError("--start encodes to no tokens; give some text")
     return ids
 
 

@@ -135,8 +135,17 @@ def _load_file(path: Path, map_location) -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def load_checkpoint(out_dir: str | Path, map_location="cpu", *, log=print) -> dict:
-    """The newest checkpoint of out_dir that passes its checksum, falling back to older ones."""
+TRAIN_FIX = "start a new run with --train.init_from=scratch and a fresh --train.out_dir"
+
+
+def inference_fix(out_dir: str | Path) -> str:
+    """What a command that reads a run (--out_dir) advises when the run holds no usable checkpoint."""
+    return f"train one first with `python train.py CONFIG --train.out_dir={out_dir}`, or point --out_dir at a run"
+
+
+def load_checkpoint(out_dir: str | Path, map_location="cpu", *, log=print, fix: str = TRAIN_FIX) -> dict:
+    """The newest checkpoint of out_dir that passes its checksum, falling back to older ones. With none,
+    a CheckpointError says what was found, then `fix`: what the calling command's user should do."""
     out_dir = Path(out_dir)
     entries = read_manifest(out_dir)
     if not entries:  # no manifest: the files themselves, newest first, with no checksum to check
@@ -163,9 +172,8 @@ def load_checkpoint(out_dir: str | Path, map_location="cpu", *, log=print) -> di
         if problems:
             log(f"warning: skipped bad checkpoint(s) in {out_dir}: {'; '.join(problems)}; using {path.name}")
         return state
-    detail = "; ".join(problems) if problems else "no ckpt_*.pt files"
-    raise CheckpointError(f"no usable checkpoint in {out_dir} ({detail}); start a new run with "
-                          f"--train.init_from=scratch and a fresh --train.out_dir")
+    detail = "; ".join(problems) or ("no ckpt_*.pt files" if out_dir.is_dir() else "no such directory")
+    raise CheckpointError(f"no usable checkpoint in {out_dir} ({detail}); {fix}")
 
 
 def has_checkpoint(out_dir: str | Path) -> bool:
@@ -179,7 +187,7 @@ def load_for_inference(out_dir: str, device: str = "cpu"):
     from data.loader import load_meta
     from models import build_model
 
-    state = load_checkpoint(out_dir, map_location="cpu")
+    state = load_checkpoint(out_dir, map_location="cpu", fix=inference_fix(out_dir))
     cfg = from_dict(state["config"])
     model = build_model(cfg.model)
     model.load_state_dict(state["model"])

@@ -88,35 +88,79 @@ def amp(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
 
-@torch.no_grad()
-def score_batch(model: LanguageModel, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype = torch.float32) -> float:
-    """Summed cross-entropy (nats) of targets y (B, T) given inputs x (B, T), from the model's logits."""
+# Scoring any token stream (eval.py). Window j reads ids[s_j : s_j + L_j] and predicts ids[s_j + 1 : s_j + L_j + 1]
+# (L_j = block_size, or fewer for the last window); s_j = j * stride. Of each window after the first only the
+# targets past the previous window's end are scored, so every target ids[1:] is scored exactly once
+# (stride = block_size: non-overlapping windows, each token with the context its window gives it;
+# stride S < block_size: the Hugging Face sliding-window recipe, every scored token with at least
+# block_size - S tokens before it in its window, at block_size / S times the compute).
+CE_CHUNK = 1 << 22  # logits per cross-entropy call in token_nll
+
+
+@torch.inference_mode()
+def token_nll(model: LanguageModel, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype = torch.float32
+              ) -> torch.Tensor:
+    """Cross-entropy (nats, float32) of each target y (B, T) given inputs x (B, T): the values whose mean
+    is the trainer's loss (models.gpt.lm_loss: float32 logits, the same cross-entropy). Computed over
+    rows of about 4M logits at a time, so its softmax temporaries stay small (16 MB) whatever B x T x V;
+    each row's value is the same as in one call."""
     with amp(x.device, dtype):
         logits, _ = model(x)  # (B, T, V)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+    flat, targets = logits.flatten(0, 1), y.flatten()  # (B*T, V), (B*T,)
+    rows = max(1, CE_CHUNK // flat.size(1))
+    nll = [F.cross_entropy(flat[i:i + rows].float(), targets[i:i + rows], reduction="none")
+           for i in range(0, len(flat), rows)]
+    return torch.cat(nll).view(y.shape)  # (B, T)
 
 
-def windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
-    """(start, length) of non-overlapping windows whose targets cover ids[1:] exactly once."""
-    return [(s, min(block_size, n_tokens - 1 - s)) for s in range(0, n_tokens - 1, block_size)]
+def score_batch(model: LanguageModel, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype = torch.float32) -> float:
+    """Summed cross-entropy (nats) of targets y (B, T) given inputs x (B, T), from the model's logits."""
+    return token_nll(model, x, y, dtype).double().sum().item()
 
 
-@torch.no_grad()
+def windows(n_tokens: int, block_size: int, stride: int = 0) -> np.ndarray:
+    """(W, 3) int64 rows (start s, length L, first scored index f) of the windows over n_tokens ids:
+    window j predicts ids[s+1 : s+L+1] and scores its targets f..L-1; together they score ids[1:] once.
+    stride 0 means block_size (non-overlapping windows)."""
+    S = stride or block_size
+    if not 0 < S <= block_size:
+        raise ValueError(f"stride {S} must be in 1..block_size ({block_size})")
+    n = n_tokens - 1  # targets
+    if n < 1:
+        return np.zeros((0, 3), dtype=np.int64)
+    starts = np.arange(0, n, S, dtype=np.int64)
+    ends = np.minimum(starts + block_size, n)
+    keep = int(np.argmax(ends == n)) + 1  # up to the first window that reaches the last target
+    starts, ends = starts[:keep], ends[:keep]
+    first = np.concatenate([[0], ends[:-1]]) - starts  # past the previous window's end
+    return np.stack([starts, ends - starts, first], axis=1)
+
+
+@torch.inference_mode()
 def score_ids(model: LanguageModel, ids: np.ndarray, block_size: int, batch_size: int, device: torch.device,
-              dtype: torch.dtype = torch.float32) -> tuple[float, int]:
-    """(summed cross-entropy, number of tokens scored) over the windows of ids; full windows go in
-    batches, the shorter last one alone."""
+              dtype: torch.dtype = torch.float32, stride: int = 0) -> np.ndarray:
+    """Cross-entropy (nats, float32) of every target ids[1:] in order, over windows(len(ids), block_size,
+    stride). Full windows go batch_size at a time as strided views of ids (nothing is materialised
+    beyond one batch), the shorter last one alone; the losses stay on the device until the end."""
     ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-    spans = windows(len(ids_t), block_size)
-    total, count = 0.0, 0
-    full = [s for s, n in spans if n == block_size]
-    for i in range(0, len(full), batch_size):
-        starts = full[i:i + batch_size]
-        x = torch.stack([ids_t[s:s + block_size] for s in starts]).to(device)           # (B, T)
-        y = torch.stack([ids_t[s + 1:s + block_size + 1] for s in starts]).to(device)   # (B, T)
-        total, count = total + score_batch(model, x, y, dtype), count + y.numel()
-    for s, n in spans:
-        if n < block_size:  # the remainder
-            x, y = ids_t[None, s:s + n].to(device), ids_t[None, s + 1:s + n + 1].to(device)  # (1, n)
-            total, count = total + score_batch(model, x, y, dtype), count + n
-    return total, count
+    T, S = block_size, stride or block_size
+    spans = windows(len(ids_t), T, S)
+    out = torch.empty(max(len(ids_t) - 1, 0), dtype=torch.float32, device=device)
+    n_full = int((spans[:, 1] == T).sum())
+    assert (spans[1:n_full, 2] == T - S).all()  # full windows after the first score their last S targets
+    if n_full:
+        xs, ys = ids_t[:-1].unfold(0, T, S)[:n_full], ids_t[1:].unfold(0, T, S)[:n_full]  # (n_full, T) views
+    pos = 0
+    for i in range(0, n_full, batch_size):
+        x, y = xs[i:i + batch_size].to(device), ys[i:i + batch_size].to(device)  # (B, T)
+        nll = token_nll(model, x, y, dtype)  # (B, T)
+        if i == 0:  # the first window scores all its targets, the later ones their last S
+            out[:T], nll, pos = nll[0], nll[1:], T
+        kept = nll[:, T - S:].flatten()
+        out[pos:pos + kept.numel()], pos = kept, pos + kept.numel()
+    if n_full < len(spans):  # the shorter last window
+        s, L, f = (int(v) for v in spans[-1])
+        nll = token_nll(model, ids_t[None, s:s + L].to(device), ids_t[None, s + 1:s + L + 1].to(device), dtype)
+        out[pos:pos + L - f], pos = nll[0, f:], pos + L - f
+    assert pos == len(out), (pos, len(out))
+    return out.cpu().numpy()
