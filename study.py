@@ -122,7 +122,7 @@ def run_study(spec: StudySpec, text: str, only: list[str], dry_run: bool) -> Pat
     for run in tuning:
         check_same_settings(run)
     todo = [r for r in tuning if not only or r.arm in only]
-    progress = Progress(sum(r.cost for r in todo + guess if not r.finished), spec.jobs)
+    progress = Progress(len(todo + guess), sum(r.cost for r in todo + guess if not r.finished), spec.jobs)
     print(f"{len(todo)} tuning runs, then about {len(guess)} reported runs"
           + (f", {spec.jobs} at a time" if spec.jobs > 1 else ""), flush=True)
     run_all(todo, progress, dry_run, spec.jobs)
@@ -132,7 +132,9 @@ def run_study(spec: StudySpec, text: str, only: list[str], dry_run: bool) -> Pat
     reported = report_runs(spec, choose_lrs(tuning), default_lrs, steps)
     for run in reported:
         check_same_settings(run)
-    run_all([r for r in reported if not only or r.arm in only], progress, dry_run, spec.jobs)
+    todo = [r for r in reported if not only or r.arm in only]
+    progress.replan(len(todo), sum(r.cost for r in todo if not r.finished))
+    run_all(todo, progress, dry_run, spec.jobs)
     if dry_run:
         return None
     from analysis.report import write_report  # plots, statistics, samples: heavy imports only when needed

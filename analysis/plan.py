@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.results import DIVERGED
+from analysis.results import DIVERGED, lr_for
 from analysis.spec import BUDGET_KEYS, ArmSpec, StudySpec, as_overrides, in_root, shares_runs
 from engine.budget import Budget
 
@@ -107,25 +107,33 @@ def ladder(spec: StudySpec, arm: ArmSpec, lr: float, seed: int, budgets: list[fl
     return runs
 
 
+def tuned_budgets(spec: StudySpec) -> list[float]:
+    """The budgets the learning rates are tuned at: all, or those up to spec.tune_budget."""
+    return [b for b in spec.budget.values if not spec.tune_budget or b <= spec.tune_budget]
+
+
 def tuning_runs(spec: StudySpec, steps: dict[str, dict[float, Budget]], only: list[str] = ()) -> list[Run]:
-    """Every lr of every arm with a grid on the tuning seeds (the reported seeds when there are none)."""
+    """Every lr of every arm with a grid on the tuning seeds (the reported seeds when there are none), at
+    the tuned budgets."""
     seeds = spec.tune_seeds or spec.seeds
     return [run for arm in spec.arms if len(arm.lrs) > 1 and (not only or arm.name in only)
             for lr in arm.lrs for seed in seeds
-            for run in ladder(spec, arm, lr, seed, spec.budget.values, steps[arm.name], "tune")]
+            for run in ladder(spec, arm, lr, seed, tuned_budgets(spec), steps[arm.name], "tune")]
 
 
 def report_runs(spec: StudySpec, chosen: dict[str, dict[float, float]], default_lrs: dict[str, float],
                 steps: dict[str, dict[float, Budget]], only: list[str] = ()) -> list[Run]:
-    """The reported seeds of every arm at the lr chosen for each budget (chosen[arm][budget]); an arm
-    without a grid at its one lr. Without tune_seeds, the grid arms' reported runs are the tuning runs."""
+    """The reported seeds of every arm at the lr chosen for each budget (results.lr_for); an arm without a
+    grid at its one lr. Without tune_seeds, the grid arms' reported runs at the tuned budgets are the
+    tuning runs."""
     runs = []
     for arm in spec.arms:
-        if only and arm.name not in only or (len(arm.lrs) > 1 and not spec.tune_seeds):
+        if only and arm.name not in only:
             continue
         by_lr: dict[float, list[float]] = {}
-        for b in spec.budget.values:
-            lr = chosen.get(arm.name, {}).get(b) if len(arm.lrs) > 1 else (arm.lrs or [default_lrs[arm.name]])[0]
+        tuned = tuned_budgets(spec) if len(arm.lrs) > 1 and not spec.tune_seeds else []
+        for b in [b for b in spec.budget.values if b not in tuned]:
+            lr = lr_for(chosen, arm.name, b)[0] if len(arm.lrs) > 1 else (arm.lrs or [default_lrs[arm.name]])[0]
             if lr is not None:
                 by_lr.setdefault(lr, []).append(b)
         runs += [run for lr, budgets in by_lr.items() for seed in spec.seeds

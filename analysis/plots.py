@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter  # noqa: E402
 
 from analysis.results import Cell, curve  # noqa: E402
 
@@ -108,6 +108,9 @@ def plot_frontier(summary: dict, vocab: int | None, path: Path) -> None:
         reference_lines(ax, summary.get("references"), vocab)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())  # losses read as numbers, not powers of ten
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())    # decades only: minor labels overlap
         finish(fig, ax, label, LOSS_LABEL, f"final validation loss vs {label} (thin: power-law fit)")
     save(fig, path)
 

@@ -45,7 +45,9 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
               "val loss", "95% CI", "eval SE", "bits/byte", "minus bigram", f"Δ vs {summary['baseline']}",
               "Δ 95% CI", "loss, first quarter", "loss, last quarter", "tokens/s", "MFU"]
     acc = any("val_acc" in entries_top(arm) for arm in summary["arms"].values())
-    header += ["val acc"] if acc else []
+    recompute = any((arm.get("hardware_flops_per_token") or 0) > (arm["flops_per_token"] or 0)
+                    for arm in summary["arms"].values())
+    header += (["hardware FLOPs/token"] if recompute else []) + (["val acc"] if acc else [])
     rows = []
     for name, arm in summary["arms"].items():
         e = entries_top(arm)
@@ -58,6 +60,7 @@ def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
                      na(e.get("delta_vs_baseline"), lambda v: f"{v:+.3f}"), ci(e.get("delta_vs_baseline_ci95")),
                      na(e.get("loss_first_quarter")), na(e.get("loss_last_quarter")),
                      na(arm["tokens_per_s"], lambda v: f"{v:.4g}"), na(arm["mfu"], lambda v: f"{100 * v:.1f}%")]
+                    + ([na(arm.get("hardware_flops_per_token"), lambda v: f"{v:.4g}")] if recompute else [])
                     + ([na(e.get("val_acc"))] if acc else []))
     return header, rows
 
@@ -73,7 +76,8 @@ def results_section(summary: dict, spec: StudySpec, gpt2: tuple[dict | None, str
                  "windows (the evaluation noise). Bits per byte = nats/token x tokens / (bytes x ln 2) of the "
                  "scored text. The first and last quarter are the mean loss at positions 1..T/4 and 3T/4..T of the "
                  "window: a model that uses its context gets better along the window. '(edge)': the chosen lr is "
-                 "at the edge of its grid, so the optimum may lie outside it.")
+                 "at the edge of its grid, so the optimum may lie outside it. FLOPs are model FLOPs (counted per "
+                 "model, equal for any hardware); hardware FLOPs add what activation checkpointing recomputes.")
     value, why = gpt2
     if spec.reference == "gpt2":
         lines += ["", "Pretrained GPT-2 (124M, OpenAI's weights, not trained here) on the baseline's validation "
@@ -109,14 +113,28 @@ def verdict_section(summary: dict) -> list[str]:
             continue
         word = "worse" if e["delta_vs_baseline"] > 0 else "better"
         m = arm["compute_multiplier"] or []
+        mixing = mixing_clause(name, arm, e)
         trend = ""
         if len(m) >= 2 and m[0] and m[-1]:
             trend = (f"; the compute multiplier goes from {m[0]:.3g} to {m[-1]:.3g} over the budgets, so the gap "
                      f"{'widens' if m[-1] < m[0] else 'closes'} with compute" if abs(m[-1] / m[0] - 1) > 0.1
                      else "; the compute multiplier stays about constant over the budgets")
         lines.append(f"- {name} is {word} than {base} at {e['budget']:g} {BUDGET_WORDS[kind]} by "
-                     f"{abs(e['delta_vs_baseline']):.3f} nats/token (95% CI {ci(interval)}){trend}.")
+                     f"{abs(e['delta_vs_baseline']):.3f} nats/token (95% CI {ci(interval)}){trend}.{mixing}")
     return lines + [""]
+
+
+def mixing_clause(name: str, arm: dict, e: dict) -> str:
+    """What the arm's token mixer adds against the same block without mixing, where the study has it."""
+    interval = e.get("delta_vs_mixing_ci95")
+    if not arm.get("mixing") or interval is None:
+        return ""
+    d = e["delta_vs_mixing"]
+    if interval[0] <= 0 <= interval[1]:
+        return (f" Its mixer adds nothing measurable over the same block without mixing ({arm['mixing']}: "
+                f"{d:+.3f} nats/token, 95% CI {ci(interval)}).")
+    return (f" Against the same block without mixing ({arm['mixing']}) its mixer {'helps' if d < 0 else 'hurts'} by "
+            f"{abs(d):.3f} nats/token (95% CI {ci(interval)}).")
 
 
 def scaling_section(summary: dict) -> list[str]:
@@ -149,25 +167,36 @@ def health_section(summary: dict) -> list[str]:
         rows.append([name, na(e.get("margin_to_bigram"), lambda v: f"{v:+.3f}"),
                      (na(e.get("delta_vs_front"), lambda v: f"{v:+.3f}") + " " + ci(e.get("delta_vs_front_ci95")))
                      if arm["front"] else "—",
+                     na(e.get("front_equal_tokens"), lambda v: f"{v:+.3f}") if arm["front"] else "—",
+                     (na(e.get("delta_vs_mixing"), lambda v: f"{v:+.3f}") + " " + ci(e.get("delta_vs_mixing_ci95")))
+                     if arm.get("mixing") else "—",
                      f"{share[0]:.3f} → {share[1]:.3f}" if share else "n/a", "; ".join(arm["health"]) or "ok"])
     return ["## Training health", "",
-            "An arm that cannot beat its own front (the same embedding and warm-up without the image stage), or "
-            "that sits at the unigram level, shows a defect before it shows a result. The gradient share is the "
-            "norm of the gradient reaching the embedding and front blocks over the whole gradient norm, at the "
+            "An arm that sits at the unigram level, or that is worse than its own front (the same embedding and "
+            "warm-up without the image stage) at equal tokens, shows a defect before it shows a result; worse at "
+            "equal FLOPs only, its block costs more than it adds. 'Equal tokens' reads the front's loss at the "
+            "arm's token count off the front's budgets (interpolated in log tokens). 'Δ vs no mixing' is the arm "
+            "against the same block with its mixer replaced by none: what the mixer adds. The gradient share is "
+            "the norm of the gradient reaching the embedding and front blocks over the whole gradient norm, at the "
             "first and last logged step (metrics.jsonl keeps every component's norm).", ""] + table(
-        rows, ["arm", "minus bigram", "Δ vs its front [95% CI]", "front gradient share", "flags"]) + [""]
+        rows, ["arm", "minus bigram", "Δ vs its front, equal FLOPs [95% CI]", "Δ vs its front, equal tokens",
+               "Δ vs no mixing [95% CI]", "front gradient share", "flags"]) + [""]
 
 
 def lr_section(cells: dict[tuple[str, float], Cell], spec: StudySpec) -> list[str]:
+    tuned = [c for c in cells.values() if c.grid and c.tuned_at == c.budget]
     rows = [[c.arm, f"{c.budget:g}", f"{g.lr:g}", na(g.loss), str(g.finished) + (f" ({g.diverged} diverged)" if
             g.diverged else ""), ("**chosen**" + (" (edge)" if c.at_edge else "")) if g.lr == c.lr else ""]
-            for c in cells.values() for g in c.grid]
+            for c in tuned for g in c.grid]
     if not rows:
         return []
     on = (f"the tuning seeds {spec.tune_seeds}, disjoint from the reported seeds {spec.seeds}" if spec.tune_seeds
           else "the reported seeds themselves (no tune_seeds: an optimistic choice)")
+    carried = (f" Budgets above {spec.tune_budget:g} take the lr chosen at {spec.tune_budget:g} (tune_budget); the "
+               f"table shows how much the choice moves between the tuned budgets." if spec.tune_budget
+               and spec.tune_budget < spec.budget.values[-1] else "")
     return ["## Learning rates", "", f"Each arm with a grid is reported at each budget at the lr with the lowest "
-            f"mean final validation loss over {on}.", ""] + table(
+            f"mean final validation loss over {on}.{carried}", ""] + table(
         rows, ["arm", "budget", "lr", "mean final val loss", "seeds finished", ""]) + [""]
 
 
@@ -273,7 +302,7 @@ def write_report(spec: StudySpec, text: str, models: dict[str, str], out_dir: Pa
     the main table as text (for the terminal)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names, budgets = [a.name for a in spec.arms], spec.budget.values
-    cells = make_cells(names, budgets, tuning, reported)
+    cells = make_cells(names, budgets, tuning, reported, spec.seeds)
     top = [cells[(n, budgets[-1])] for n in names]
     base = pick_baseline(spec, models)
     first = next((c.runs[0] for c in top if c.runs), None)

@@ -50,8 +50,9 @@ class Cell:
     budget: float
     lr: float | None                       # None: nothing finished
     runs: list[RunResult]                  # finished reported runs at that lr, by seed
-    grid: list[GridRow] = field(default_factory=list)  # the tuning table (empty without a grid)
+    grid: list[GridRow] = field(default_factory=list)  # the tuning table the lr came from (empty without a grid)
     at_edge: bool = False                  # the chosen lr is the smallest or the largest of the grid
+    tuned_at: float | None = None          # the budget whose grid chose the lr (a smaller one: tune_budget)
 
     @property
     def finals(self) -> list[float]:
@@ -130,20 +131,30 @@ def choose_lrs(tuning: list) -> dict[str, dict[float, float]]:
     return chosen
 
 
-def cells(arms: list[str], budgets: list[float], tuning: list, reported: list) -> dict[tuple[str, float], Cell]:
-    """Every (arm, budget): the reported runs at the chosen lr and the tuning table."""
+def lr_for(chosen: dict[str, dict[float, float]], arm: str, budget: float) -> tuple[float | None, float | None]:
+    """(lr, the budget it was tuned at): the choice at `budget`, or, for a budget larger than any tuned one,
+    the choice at the largest tuned budget below it (StudySpec.tune_budget)."""
+    tuned = sorted(b for b in chosen.get(arm, {}) if b <= budget)
+    return (chosen[arm][tuned[-1]], tuned[-1]) if tuned else (None, None)
+
+
+def cells(arms: list[str], budgets: list[float], tuning: list, reported: list,
+          seeds: list[int]) -> dict[tuple[str, float], Cell]:
+    """Every (arm, budget): the reported seeds' runs at the chosen lr (among the reported runs, or the
+    tuning runs when the lr is chosen on the reported seeds themselves) and the tuning table."""
     chosen = choose_lrs(tuning)
-    tuned, done = load(tuning), load(reported)
+    tuned = load(tuning)
+    done = [r for r in load(reported) + tuned if r.seed in seeds]
     out = {}
     for arm in arms:
         for budget in budgets:
-            grid = grid_rows(tuning, tuned, arm, budget)
-            lr = chosen.get(arm, {}).get(budget)
+            lr, tuned_at = lr_for(chosen, arm, budget)
+            grid = grid_rows(tuning, tuned, arm, tuned_at) if tuned_at is not None else []
             if not grid:  # no grid: the arm's one lr
                 lr = next((r.lr for r in reported if (r.arm, r.budget) == (arm, budget)), None)
             runs = sorted((r for r in done if (r.arm, r.budget, r.lr) == (arm, budget, lr)), key=lambda r: r.seed)
             edge = bool(grid) and lr is not None and lr in (grid[0].lr, grid[-1].lr)
-            out[(arm, budget)] = Cell(arm, budget, lr, runs, grid, edge)
+            out[(arm, budget)] = Cell(arm, budget, lr, runs, grid, edge, tuned_at if grid else None)
     return out
 
 

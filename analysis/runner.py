@@ -131,17 +131,21 @@ def train_ladder(ladder: list[Run], threads: int = 0) -> list[tuple[Run, str, fl
 
 
 class Progress:
-    """Position, measured pace and an estimate of the time left, from the budget each run trains itself."""
+    """Position, measured pace and an estimate of the time left, from the budget each run trains itself.
+    The count of runs is an estimate until the learning rates are chosen (report_runs); replan() corrects it."""
 
-    def __init__(self, total_cost: float, jobs: int = 1):
-        self.total, self.done, self.seconds, self.jobs, self.count = total_cost, 0.0, 0.0, jobs, 0
+    def __init__(self, runs: int, total_cost: float, jobs: int = 1):
+        self.runs, self.total, self.done, self.seconds, self.jobs, self.count = runs, total_cost, 0.0, 0.0, jobs, 0
 
-    def report(self, run: Run, what: str, seconds: float, n: int) -> None:
+    def replan(self, runs: int, total_cost: float) -> None:
+        self.runs, self.total = self.count + runs, self.done + total_cost
+
+    def report(self, run: Run, what: str, seconds: float) -> None:
         self.count += 1
         self.done, self.seconds = self.done + run.cost * (seconds > 0), self.seconds + seconds
         left = (f", about {self.seconds / self.done * (self.total - self.done) / self.jobs / 60:.1f} min left"
                 if self.done else "")
-        print(f"[{self.count}/{n}{left}] {run.phase} {run.label}: {what}", flush=True)
+        print(f"[{self.count}/{self.runs}{left}] {run.phase} {run.label}: {what}", flush=True)
 
 
 def ladders(runs: list[Run]) -> list[list[Run]]:
@@ -162,7 +166,7 @@ def run_all(runs: list[Run], progress: Progress, dry_run: bool, jobs: int = 1) -
     if jobs <= 1 or launcher() is not None:
         for ladder in ladders(runs):
             for run, what, seconds in train_ladder(ladder):
-                progress.report(run, what, seconds, len(runs))
+                progress.report(run, what, seconds)
         return
     threads = max(1, (os.cpu_count() or jobs) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -172,7 +176,7 @@ def run_all(runs: list[Run], progress: Progress, dry_run: bool, jobs: int = 1) -
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     for run, what, seconds in future.result():  # a StudyError in a worker is raised here
-                        progress.report(run, what, seconds, len(runs))
+                        progress.report(run, what, seconds)
         except BaseException:
             for future in pending:  # the ladders not started yet; the running ones finish
                 future.cancel()

@@ -83,6 +83,8 @@ class ArmSpec:
     control: bool = option(False, "a control arm (reported, never the subject of a verdict)")
     front: str = option("", "the arm that is this arm's front alone: the health check flags this arm if it is "
                         "worse than its own front")
+    mixing: str = option("", "the arm that is this arm with its token mixer replaced by none: the report gives what "
+                         "the mixer adds")
 
 
 @dataclass
@@ -94,6 +96,8 @@ class StudySpec:
     seeds: list[int] = option([0], "the seeds reported (each seed: the same initial data order in every arm)")
     tune_seeds: list[int] = option([], "the seeds each arm's lr is chosen on, disjoint from seeds; empty: chosen "
                                    "on the reported seeds (the report marks it as optimistic)")
+    tune_budget: float = option(0.0, "the learning rates are tuned at this budget and the smaller ones; a larger "
+                                "budget takes the choice of the largest tuned one; 0: tuned at every budget")
     n_evals: int = option(10, "evaluations at even fractions of each run's budget")
     share_runs: bool = option(True, "several budgets: one wsd run per arm, lr and seed whose shorter budgets "
                               "continue from its checkpoints (bit-identical to separate runs, ~1/3 cheaper); "
@@ -164,6 +168,8 @@ def validate(spec: StudySpec) -> StudySpec:
     if len(set(spec.tune_seeds)) != len(spec.tune_seeds) or set(spec.tune_seeds) & set(spec.seeds):
         raise ConfigError(f"tune_seeds {spec.tune_seeds} must be distinct and disjoint from seeds {spec.seeds}: "
                           f"an lr chosen on the reported seeds flatters the arms")
+    if spec.tune_budget and spec.tune_budget not in values:
+        raise ConfigError(f"tune_budget = {spec.tune_budget:g} is not one of the budgets {values}")
     if spec.jobs < 1:
         raise ConfigError(f"jobs must be at least 1, got {spec.jobs}")
     if spec.n_evals <= 0:
@@ -185,8 +191,9 @@ def validate(spec: StudySpec) -> StudySpec:
     if spec.baseline and spec.baseline not in names:
         raise ConfigError(f"baseline = {spec.baseline!r} is not an arm; arms: {', '.join(names)}")
     for arm in spec.arms:
-        if arm.front and arm.front not in names:
-            raise ConfigError(f"arm {arm.name}: front = {arm.front!r} is not an arm; arms: {', '.join(names)}")
+        for key in ("front", "mixing"):
+            if getattr(arm, key) and getattr(arm, key) not in names:
+                raise ConfigError(f"arm {arm.name}: {key} = {getattr(arm, key)!r} is not an arm; arms: {', '.join(names)}")
     spec.out_dir = spec.out_dir or f"studies/{spec.name}"
     return spec
 

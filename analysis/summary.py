@@ -32,8 +32,9 @@ def paired(cell: Cell, base: Cell) -> np.ndarray | None:
     return (a[rows[0]] - b[rows[1]]) if seeds else None
 
 
-def budget_entry(cell: Cell, base: Cell | None, front: Cell | None, ref: Reference | None) -> dict:
-    """The figures of one arm at one budget (see the module docstring)."""
+def budget_entry(cell: Cell, ref: Reference | None, **others: Cell | None) -> dict:
+    """The figures of one arm at one budget (see the module docstring); others: {name: the cell of the
+    arm it is compared with at the same budget}, each giving delta_vs_<name> and its interval."""
     entry = {"budget": cell.budget, "lr": cell.lr, "lr_at_edge": cell.at_edge, "seeds": [r.seed for r in cell.runs],
              **{axis: cell.mean(axis) for axis in AXES}, "val_loss": None}
     windows = cell.windows()
@@ -45,7 +46,7 @@ def budget_entry(cell: Cell, base: Cell | None, front: Cell | None, ref: Referen
         entry.update(val_loss_ci95=[lo, hi], eval_se=float(np.mean([standard_error(w) for w in windows])))
     if ref is not None:
         entry.update(bits_per_byte=ref.bits_per_byte(entry["val_loss"]), margin_to_bigram=entry["val_loss"] - ref.bigram)
-    for name, other in (("baseline", base), ("front", front)):
+    for name, other in others.items():
         d = paired(cell, other) if other is not None and other is not cell else None
         if d is not None:
             mean, lo, hi = bootstrap_mean_ci(d)
@@ -90,9 +91,24 @@ def front_gradient_share(run: RunResult) -> list[float] | None:
     return [share[0], share[-1]]
 
 
+def at_equal_tokens(entry: dict, front_entries: list[dict]) -> float | None:
+    """The arm's loss minus its front's at the arm's own token count, the front's final losses over its
+    budgets interpolated linearly in log tokens; None outside the front's range. At equal FLOPs an image
+    arm sees several times fewer tokens than its front: this separates what its block does per token
+    (a defect if it hurts) from what it costs."""
+    points = sorted((e["tokens"], e["val_loss"]) for e in front_entries if e.get("tokens") and e.get("val_loss"))
+    x = entry.get("tokens")
+    if len(points) < 2 or not x or entry.get("val_loss") is None or not points[0][0] <= x <= points[-1][0]:
+        return None
+    xs, ys = zip(*points)
+    return entry["val_loss"] - float(np.interp(math.log(x), np.log(xs), ys))
+
+
 def health(name: str, top: dict, front_top: dict | None, ref: Reference | None) -> list[str]:
     """Flags for an arm at the largest budget: stuck at the unigram level while its front passes the
-    bigram, or worse than its own front alone (interval above zero)."""
+    bigram; worse than its own front alone at equal tokens (what the block does per token: a defect to
+    look for) by more than twice the evaluation noise; worse at equal FLOPs (interval above zero: the
+    block costs more than it adds)."""
     flags = []
     loss = top.get("val_loss")
     if loss is None:
@@ -100,10 +116,13 @@ def health(name: str, top: dict, front_top: dict | None, ref: Reference | None) 
     if ref is not None and loss >= ref.unigram - STUCK:
         front_ok = front_top is not None and (front_top.get("val_loss") or math.inf) < ref.bigram
         flags.append("stuck at the unigram level" + (" while its front passes the bigram" if front_ok else ""))
+    per_token = top.get("front_equal_tokens")
+    if per_token is not None and per_token > 2 * (top.get("eval_se") or 0):
+        flags.append(f"worse than its own front at equal tokens by {per_token:.3f} nats/token")
     ci = top.get("delta_vs_front_ci95")
     if ci is not None and ci[0] > 0:
-        flags.append(f"worse than its own front by {top['delta_vs_front']:.3f} nats/token (95% CI {ci[0]:.3f} to "
-                     f"{ci[1]:.3f})")
+        flags.append(f"worse than its own front at equal FLOPs by {top['delta_vs_front']:.3f} nats/token (95% CI "
+                     f"{ci[0]:.3f} to {ci[1]:.3f})")
     return flags
 
 
@@ -111,29 +130,33 @@ def summarize(spec: StudySpec, cells: dict[tuple[str, float], Cell], models: dic
               ref: Reference | None) -> dict:
     budgets = spec.budget.values
     arms = {}
-    base_entries = [budget_entry(cells[(base, b)], None, None, ref) for b in budgets]
+    base_entries = [budget_entry(cells[(base, b)], ref) for b in budgets]
     for arm in spec.arms:
-        front = arm.front or None
-        entries = [budget_entry(cells[(arm.name, b)], cells[(base, b)], cells[(front, b)] if front else None, ref)
-                   for b in budgets]
+        entries = [budget_entry(cells[(arm.name, b)], ref, baseline=cells[(base, b)],
+                                front=cells[(arm.front, b)] if arm.front else None,
+                                mixing=cells[(arm.mixing, b)] if arm.mixing else None) for b in budgets]
         mult, fits = multipliers(entries, base_entries)
         top_cell = cells[(arm.name, budgets[-1])]
         grid = sorted({g.lr for b in budgets for g in cells[(arm.name, b)].grid})
         arms[arm.name] = {
             "model": models.get(arm.name), "control": arm.control, "front": arm.front or None,
+            "mixing": arm.mixing or None,
             "lr_grid": grid or [top_cell.lr], "lr": top_cell.lr, "lr_at_edge": top_cell.at_edge,
             "budgets": sorted(entries, key=lambda e: e.get("flops") or e["budget"]),
             "loss_by_position": (bp.tolist() if (bp := top_cell.by_position()) is not None else None),
             "compute_multiplier": None if arm.name == base else mult["flops"],
             "compute_multiplier_by_axis": None if arm.name == base else mult, "power_law": fits,
             "parameters": top_cell.first("parameters"), "flops_per_token": top_cell.first("flops_per_token"),
+            "hardware_flops_per_token": top_cell.first("hardware_flops_per_token"),
             "tokens_per_s": top_cell.mean("tokens_per_s"), "mfu": top_cell.mean("mfu"),
             "peak_memory_bytes": max((r.result.get("peak_memory_bytes") or 0 for r in top_cell.runs), default=None),
             "front_gradient_share": front_gradient_share(top_cell.runs[0]) if top_cell.runs else None,
         }
     for arm in spec.arms:
-        front_top = arms[arm.front]["budgets"][-1] if arm.front else None
-        arms[arm.name]["health"] = health(arm.name, entries_top(arms[arm.name]), front_top, ref)
+        top, front_top = entries_top(arms[arm.name]), entries_top(arms[arm.front]) if arm.front else None
+        if arm.front:
+            top["front_equal_tokens"] = at_equal_tokens(top, arms[arm.front]["budgets"])
+        arms[arm.name]["health"] = health(arm.name, top, front_top, ref)
     return {"study": spec.name, "budget_kind": spec.budget.kind, "budgets": budgets, "seeds": spec.seeds,
             "tune_seeds": spec.tune_seeds, "baseline": base,
             "references": ref.as_dict() if ref is not None else None, "arms": arms}

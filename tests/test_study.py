@@ -23,7 +23,7 @@ from schema import ConfigError, parse_value, toml_literal
 PNG = b"\x89PNG\r\n\x1a\n"
 ARMS = ('[[arm]]\nname = "narrow"\nconfig = "configs/tiny_gpt.toml"\noverrides = { "model.n_embd" = 16 }\n'
         'lrs = [1e-3, 3e-3]\n'
-        '[[arm]]\nname = "wide"\nconfig = "configs/tiny_gpt.toml"\nfront = "narrow"\n'
+        '[[arm]]\nname = "wide"\nconfig = "configs/tiny_gpt.toml"\nfront = "narrow"\nmixing = "narrow"\n'
         'overrides = { model = { n_embd = 32 }, optim = { lr = 1e-2 } }\n')
 
 
@@ -224,7 +224,9 @@ def test_summary_pairs_seeds_and_windows_and_finds_the_compute_multiplier(tmp_pa
     assert narrow["lr"] == 1e-3 and narrow["lr_at_edge"] and not wide["lr_at_edge"]
     lo, hi = narrow["budgets"][-1]["val_loss_ci95"]  # narrow's own interval: its windows and seeds resampled
     assert lo < 10 * 1e7 ** -0.1 < hi and hi - lo > 0.1
-    assert "worse than its own front" in "; ".join(wide["health"])  # wide names narrow as its front
+    assert "worse than its own front at equal FLOPs" in "; ".join(wide["health"])  # wide names narrow as its front
+    assert top["delta_vs_mixing"] == pytest.approx(delta)  # and as its no-mixing control
+    assert "Against the same block without mixing (narrow) its mixer hurts by" in path.read_text()
     report = path.read_text()
     rows = table_rows(report, "Results at the largest budget")
     assert rows["wide"]["val loss"] == f"{top['val_loss']:.4f}" and rows["wide"]["Δ vs narrow"] == f"{delta:+.3f}"
@@ -258,9 +260,20 @@ def test_health_flags_an_arm_stuck_at_the_unigram_while_its_front_passes_the_big
     assert health("idea1", stuck, {"val_loss": 2.1}, ref) == [
         "stuck at the unigram level while its front passes the bigram"]
     assert health("idea1", {"val_loss": 2.4}, {"val_loss": 2.1}, ref) == []
-    worse = {"val_loss": 2.4, "delta_vs_front": 0.3, "delta_vs_front_ci95": [0.2, 0.4]}
+    worse = {"val_loss": 2.4, "delta_vs_front": 0.3, "delta_vs_front_ci95": [0.2, 0.4], "eval_se": 0.02}
     assert health("idea1", worse, {"val_loss": 2.1}, ref) == [
-        "worse than its own front by 0.300 nats/token (95% CI 0.200 to 0.400)"]
+        "worse than its own front at equal FLOPs by 0.300 nats/token (95% CI 0.200 to 0.400)"]
+    per_token = {**worse, "front_equal_tokens": 0.05}  # beyond twice the evaluation noise: flagged
+    assert health("idea1", per_token, {"val_loss": 2.1}, ref)[0] == (
+        "worse than its own front at equal tokens by 0.050 nats/token")
+    assert len(health("idea1", {**worse, "front_equal_tokens": 0.03}, {"val_loss": 2.1}, ref)) == 1  # within noise
+
+
+def test_the_front_at_equal_tokens_is_read_off_its_budgets():
+    from analysis.summary import at_equal_tokens
+    front = [{"tokens": 1e4, "val_loss": 3.0}, {"tokens": 1e6, "val_loss": 2.0}]
+    assert at_equal_tokens({"tokens": 1e5, "val_loss": 2.6}, front) == pytest.approx(0.1)  # midway in log tokens
+    assert at_equal_tokens({"tokens": 1e7, "val_loss": 2.6}, front) is None  # outside the front's range
 
 
 # ------------------------------------------------------------------ a whole study, end to end
@@ -417,3 +430,41 @@ def test_two_jobs_at_once_train_the_same_runs(finished_study, tmp_path):
     for r in results:
         twin = tmp_path / "out" / r.relative_to(out)
         assert json.loads(twin.read_text())["val_loss"] == json.loads(r.read_text())["val_loss"], r
+
+
+def test_lrs_tuned_at_a_smaller_budget_carry_over_to_the_larger_ones(tmp_path):
+    """tune_budget: tuning ladders stop there; a larger budget trains at the lr tuned at the largest tuned
+    budget, and its cell shows that budget's grid."""
+    from analysis.results import cells, lr_for
+    text = study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6, 1e7]", extra="tune_budget = 3e6")
+    spec = loads_study(text)
+    steps = {a.name: steps_for(spec.budget.values) for a in spec.arms}
+    tuning = tuning_runs(spec, steps)
+    assert {r.budget for r in tuning} == {1e6, 3e6} and max(r.budget for r in tuning if r.fork is None) == 3e6
+    chosen = {"narrow": {1e6: 1e-3, 3e6: 3e-3}}
+    assert lr_for(chosen, "narrow", 1e7) == (3e-3, 3e6) and lr_for(chosen, "narrow", 1e6) == (1e-3, 1e6)
+    reported = report_runs(spec, chosen, {"narrow": 1e-3, "wide": 1e-2}, steps)
+    assert {(r.lr, r.budget) for r in reported if r.arm == "narrow"} == {(1e-3, 1e6), (3e-3, 3e6), (3e-3, 1e7)}
+    for r in tuning:
+        fake_run(r.out_dir, [4.0, 3.0 if r.lr == 3e-3 else 3.5])
+    for r in reported:
+        fake_run(r.out_dir, [4.0, 2.5])
+    table = cells(["narrow"], spec.budget.values, tuning, reported, spec.seeds)
+    top = table[("narrow", 1e7)]
+    assert top.lr == 3e-3 and [g.lr for g in top.grid] == [1e-3, 3e-3] and top.at_edge
+    assert {r.seed for r in top.runs} == {1, 2}  # the reported seeds, never the tuning seed
+
+
+def test_without_tuning_seeds_the_tuning_runs_are_reported(tmp_path):
+    text = study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 1e7]").replace("tune_seeds = [0]", "")
+    spec = loads_study(text)
+    steps = {a.name: steps_for(spec.budget.values) for a in spec.arms}
+    tuning = tuning_runs(spec, steps)
+    assert {r.seed for r in tuning} == {1, 2}
+    reported = report_runs(spec, {"narrow": {1e6: 1e-3, 1e7: 1e-3}}, {"narrow": 1e-3, "wide": 1e-2}, steps)
+    assert {r.arm for r in reported} == {"wide"}  # narrow's reported runs are its tuning runs
+    from analysis.results import cells
+    for r in tuning + reported:
+        fake_run(r.out_dir, [4.0, 3.0 if r.lr == 1e-3 else 3.5])
+    table = cells(["narrow", "wide"], spec.budget.values, tuning, reported, spec.seeds)
+    assert table[("narrow", 1e7)].lr == 1e-3 and len(table[("narrow", 1e7)].runs) == 2

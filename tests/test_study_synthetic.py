@@ -101,7 +101,7 @@ def test_report_of_fake_synthetic_runs_tabulates_accuracy_against_difficulty(tmp
         assert (tmp_path / "out" / name).read_bytes().startswith(PNG) and f"]({name})" in report
     assert "None: the arms train on synthetic tasks" in report and "no sample" not in report
     assert "the arms train on the synthetic task 'copy'" in report  # the GPT-2 reference row is skipped
-    sweep = find_sweep(list(cells(list(FAKE), [10], [], runs).values()))
+    sweep = find_sweep(list(cells(list(FAKE), [10], [], runs, [0, 1]).values()))
     assert sweep.slice("data.task_pairs") == {"gpt w64": [(2, 0.95, 0.9, 1.0), (4, 0.7, 0.6, 0.8)],
                                               "gpt w32": [(4, pytest.approx(0.3), 0.2, 0.4)],
                                               "image_sum w64": [(4, 0.3, 0.3, 0.3)]}
@@ -114,7 +114,7 @@ def test_lines_are_named_by_what_varies_within_a_model(tmp_path):
         path = tmp_path / name
         fake_run(path, [2.0], val_accs=[0.5], model={"name": "gpt", "block_size": 16, "n_embd": 16, "n_layer": n_layer},
                  data={"dataset": "copy", "task_pairs": 2, "task_vocab": 64})
-        return cells([name], [10], [], [Run(name, lr, 0, 10, path, [])])[(name, 10)]
+        return cells([name], [10], [], [Run(name, lr, 0, 10, path, [])], [0])[(name, 10)]
     sweep = find_sweep([arm("one", 1, 1e-3), arm("two", 2, 1e-3), arm("two_lr", 2, 3e-3)])
     assert sweep.lines == {"one": "gpt w16 n_layer=1", "two": "gpt w16 n_layer=2",
                            "two_lr": "gpt w16 n_layer=2 (two_lr)"}  # differs in lr only: named apart
