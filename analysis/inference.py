@@ -1,4 +1,5 @@
-"""The report's model outputs: a decoded sample per arm and the pretrained GPT-2 reference loss.
+"""The report's model outputs: a decoded sample per arm, each image arm's token images, and the
+pretrained GPT-2 reference loss.
 
 Both are cached in OUT/cache.json under a key made of everything they depend on (the checkpoint's
 sha256, the sampling settings, the evaluation windows), so rerunning a finished study neither
@@ -59,6 +60,19 @@ def sample_text(run: RunResult, s: SampleSpec, cache: Cache) -> tuple[str, str]:
     pair = (tok.decode(ids), tok.decode(out[len(ids):]))
     cache.put(key, list(pair))
     return pair
+
+
+def draw_images(run: RunResult, s: SampleSpec, out_dir: Path) -> list[Path]:
+    """The run's painted and mixed images (and idea 2's attention) for the sample prompt, as PNG files in
+    out_dir (analysis/images.py); NoImages for a model that paints none. On the CPU, as sample_text."""
+    from analysis.images import render, token_images
+    from data.tokenizer import load_tokenizer
+    from engine.checkpoint import load_for_inference
+
+    model, _, meta = load_for_inference(str(run.path), "cpu")
+    tok = load_tokenizer(meta)
+    text = s.prompt or tok.decode(val_prefix(run.config, s.prompt_tokens))
+    return render(token_images(model, tok, text, max_tokens=s.prompt_tokens), out_dir)
 
 
 def load_gpt2_quietly() -> tuple[object | None, str]:

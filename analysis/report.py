@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from analysis.inference import Cache, gpt2_reference, sample_text
+from analysis.inference import Cache, draw_images, gpt2_reference, sample_text
 from analysis.plots import plot_by_position, plot_frontier, plot_sweep, write_curves
 from analysis.references import study_reference
 from analysis.results import Cell, cells as make_cells
@@ -247,6 +247,35 @@ def samples_section(top: list[Cell], spec: StudySpec, cache: Cache) -> list[str]
     return lines
 
 
+def images_section(top: list[Cell], spec: StudySpec, out_dir: Path) -> list[str]:
+    """One figure per image arm on the same prompt: what each token paints and what the CNN reads
+    (python visualize.py draws the same for any run and text)."""
+    from analysis.images import NoImages
+    lines = []
+    for c in top:
+        if not c.runs or is_synthetic(c):
+            continue
+        try:
+            paths = draw_images(c.runs[0], spec.sample, out_dir / "images" / c.arm)
+        except NoImages:  # the GPT and the front-only control paint nothing
+            continue
+        except Exception as e:  # a run without checkpoints still gets its line
+            lines += [f"**{c.arm}**: no images ({type(e).__name__}: {e})", ""]
+            continue
+        names = [p.relative_to(out_dir).as_posix() for p in paths]
+        shown = [n for n in names if not n.rsplit("/", 1)[-1].startswith("painted")]
+        lines += [f"**{c.arm}** (seed {c.runs[0].seed}): painted images a_t in "
+                  + ", ".join(f"[{n}]({n})" for n in names if n not in shown), ""]
+        lines += [f"![{n}]({n})" for n in shown] + [""]
+    if not lines:
+        return []
+    prompt = "given in the study file" if spec.sample.prompt else f"the first {spec.sample.prompt_tokens} validation tokens"
+    return ["## Token images", "", f"Each image arm's first reported seed at the largest budget, on the sample prompt "
+            f"({prompt}): the causally mixed image A_t each token's CNN reads (one row per token, one colour "
+            f"scale per row), and for image attention its weights over the past. Does what a token needs lie "
+            f"next to it?", ""] + lines
+
+
 def environment_section(top: list[Cell]) -> list[str]:
     seen: dict[str, list[str]] = {}
     for c in top:
@@ -326,7 +355,7 @@ def write_report(spec: StudySpec, text: str, models: dict[str, str], out_dir: Pa
     lines += recipe_notes(top) + verdict_section(summary) + scaling_section(summary) + health_section(summary)
     lines += lr_section(cells, spec) + (accuracy_section(sweep, spec.name, out_dir) if sweep is not None else [])
     lines += ["## Curves", ""] + [f"![{p}]({p})" for p in [*curves, "loss_by_position.png"]] + [""]
-    lines += samples_section(top, spec, cache) + environment_section(top)
+    lines += samples_section(top, spec, cache) + images_section(top, spec, out_dir) + environment_section(top)
     lines += ["## Study file", "", "```toml", text.rstrip("\n"), "```", ""]
     (out_dir / "study.toml").write_text(text)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -15,7 +15,8 @@ def model_variants() -> list[tuple[str, dict]]:
     return ([(name, {}) for name in MODELS]
             + [("image_sum", {"mixer": m}) for m in MIXERS if m != "sum"]
             + [("image_sum", {"own_image": True}), ("image_sum", {"warmup": "mlp"}),
-               ("image_attn", {"head": "plain", "img_norm": "none"}), ("image_sum", {"img_norm": "layer"}),
+               ("image_attn", {"n_chain": 0, "head": "plain", "img_norm": "none"}), ("image_sum", {"n_chain": 0}),
+               ("image_sum", {"img_norm": "layer"}),
                ("image_attn", {"image_stage": False}), ("image_sum", {"warmup": "mlp", "mixer": "none"})])
 
 

@@ -7,6 +7,7 @@ embedding leaves earlier logits finite. Float64 where exactness matters.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -151,7 +152,8 @@ def closed_forms(cfg) -> dict[str, int]:
     GPT Block: ln_1, ln_2 (2d each), c_attn (3d^2 + 3d), attn c_proj (d^2 + d), c_fc (4d^2 + 4d),
     mlp c_proj (4d^2 + d) = 12d^2 + 13d; without attention (warmup "mlp") 8d^2 + 7d; attention only
     (extra_attn) 4d^2 + 6d. VGG: conv C'->64 (9*64*C' + 64), eight 64->64 (9*64*64 + 64), after the input's
-    GroupNorm (2C': a gain and a shift per channel, img_norm "group" or "layer").
+    GroupNorm (2C': a gain and a shift per channel, img_norm "group" or "layer"); with cnn_norm each conv
+    drops its bias (the norm's shift replaces it) and its norm adds a gain and a shift per channel (2*64).
     """
     d, V, D = cfg.n_embd, cfg.vocab_size, cfg.channels * cfg.height * cfg.width
     attn = cfg.mixer == "attn"
@@ -164,7 +166,8 @@ def closed_forms(cfg) -> dict[str, int]:
         "front": cfg.n_layer * block + cfg.extra_attn * (4 * d * d + 6 * d),
         "mapping": n * (2 * d + d * D + (D if attn else 0)),        # stage LayerNorm + paint (idea 2: bias)
         "mixer": n * (2 * d * d + 2 * d) if attn else 0,            # idea 2's q, k; the others have none
-        "cnn": n * (9 * 64 * c_in + 64 + 8 * (9 * 64 * 64 + 64) + (2 * c_in if cfg.img_norm != "none" else 0)),
+        "cnn": n * (9 * 64 * c_in + 64 + 8 * (9 * 64 * 64 + 64) + (2 * c_in if cfg.img_norm != "none" else 0)
+                    + (9 * 64 if cfg.cnn_norm != "none" else 0)),
         "proj": n * tied * (F_ * d + d),                            # features back to width d (chain or proj head)
         "head": 2 * d if tied else 2 * F_ + F_ * V,                 # ln_f (+ untied lm_head when plain)
     }
@@ -185,3 +188,77 @@ def test_without_attention_or_mixing_each_position_reads_only_its_own_token():
         changed = tokens(model.cfg, seed=t + 7)
         changed[:, t] = idx[:, t]
         torch.testing.assert_close(model(changed)[0][:, t], logits[:, t], rtol=0, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def shakespeare_chars(tmp_path_factory):
+    """(train ids, val ids, V, the add-one unigram loss of the val windows under train counts)."""
+    import numpy as np
+
+    from analysis.references import ngram_counts, unigram_nll
+    from helpers import write_char_dataset
+    folder = write_char_dataset(tmp_path_factory.mktemp("data"), n_chars=50_000)
+    V = json.loads((folder / "meta.json").read_text())["vocab_size"]
+    train, val = (np.fromfile(folder / f"{s}.bin", dtype=np.uint16).astype(np.int64) for s in ("train", "val"))
+    T = models.tiny_config("gpt").block_size
+    n = (len(val) - 1) // T
+    x, y = val[:n * T].reshape(n, T), val[1:n * T + 1].reshape(n, T)
+    unigram = float(np.nanmean(unigram_nll(ngram_counts(train, V), x, y)))
+    return torch.from_numpy(train), (torch.from_numpy(x), torch.from_numpy(y)), V, unigram
+
+
+def train_on_text(variant, shakespeare_chars, steps: int = 150) -> tuple[torch.nn.Module, float]:
+    """(model, held-out loss) after `steps` AdamW steps (lr 2e-3, batch 16) on tiny Shakespeare."""
+    train, (x_val, y_val), V, _ = shakespeare_chars
+    name, overrides = variant
+    torch.manual_seed(0)
+    model = models.build_model(models.tiny_config(name, **overrides, vocab_size=V))
+    T = model.cfg.block_size
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        starts = torch.randint(0, len(train) - T - 1, (16,), generator=g)
+        batch = torch.stack([train[s:s + T + 1] for s in starts.tolist()])  # (16, T + 1)
+        _, loss = model(batch[:, :-1], batch[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        _, val_loss = model(x_val, y_val)
+    return model, val_loss.item()
+
+
+PLAIN_FORM = [v for v in VARIANTS if v[1].get("n_chain") == 0]  # the image stage's features feed the head
+LEARNERS = [v for v in VARIANTS if v not in PLAIN_FORM]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", LEARNERS, ids=list(map(variant_id, LEARNERS)))
+def test_learns_real_text_beyond_the_unigram(variant, shakespeare_chars):
+    """Causal but unable to learn is broken too: 150 steps (a few seconds) on the first 45,000 characters
+    of tiny Shakespeare take every model below the unigram model of that text, scored on the same
+    held-out windows (every model, mixing or not, can use the current character)."""
+    unigram = shakespeare_chars[3]
+    _, val_loss = train_on_text(variant, shakespeare_chars)
+    assert val_loss < unigram - 0.1, f"val loss {val_loss:.3f}, unigram {unigram:.3f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", PLAIN_FORM, ids=list(map(variant_id, PLAIN_FORM)))
+def test_the_plain_form_collapses_to_the_unigram(variant, shakespeare_chars):
+    """The pathology models/image_lm.py's docstring diagnoses, kept as configured and pinned down here: in
+    the plain form (the head reads the CNN's features; the original wiring, or with the projected tied
+    head) the same 150 steps end at the unigram level, with almost no gradient left for the front. If this
+    starts failing, the plain form learns: update the docstring, the configs' comments and this test."""
+    unigram = shakespeare_chars[3]
+    model, val_loss = train_on_text(variant, shakespeare_chars)
+    assert abs(val_loss - unigram) < 0.1, f"val loss {val_loss:.3f}, unigram {unigram:.3f}"
+    train = shakespeare_chars[0]
+    T = model.cfg.block_size
+    model.train()
+    batch = torch.stack([train[s:s + T + 1] for s in range(0, 16 * T, T)])  # (16, T + 1)
+    _, loss = model(batch[:, :-1], batch[:, 1:])
+    loss.backward()
+    front = torch.cat([p.grad.flatten() for p in model.h.parameters()])
+    assert front.norm() < 1e-2  # at init about 0.5: the image stage no longer passes a gradient back

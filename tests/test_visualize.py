@@ -135,3 +135,19 @@ def test_errors_are_one_line_and_name_the_fix(runs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         visualize.main(["--out_dir", str(runs["attn"]), "--text", ""])
     assert "--text is empty" in capsys.readouterr().err
+
+
+def test_the_study_report_shows_one_figure_per_image_arm(runs, tmp_path):
+    """Image arms get their mixed images (and idea 2 its attention) drawn on the shared prompt; the GPT and
+    the front-only control paint nothing and get no figure."""
+    from analysis.report import images_section
+    from analysis.results import Cell, load_run
+    from analysis.spec import SampleSpec, StudySpec
+
+    cells = [Cell(key, 1.0, 1e-3, [load_run(key, 1e-3, 0, 1.0, runs[key])]) for key in ("gpt", "front_only", "sum", "attn")]
+    spec = StudySpec(sample=SampleSpec(prompt=TEXT, prompt_tokens=6))
+    lines = images_section(cells, spec, tmp_path)
+    shown = [line[2:].split("]")[0] for line in lines if line.startswith("![")]
+    assert shown == ["images/sum/mixed.png", "images/attn/mixed.png", "images/attn/attention.png"]
+    assert all((tmp_path / name).read_bytes().startswith(PNG) for name in shown)
+    assert "[images/sum/painted.png](images/sum/painted.png)" in "\n".join(lines)
