@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import shlex
 import subprocess
 import sys
@@ -144,8 +145,20 @@ def run_study(spec: StudySpec, text: str, only: list[str], dry_run: bool) -> Pat
     return path
 
 
+def interrupt(signum, frame):
+    raise KeyboardInterrupt  # a kill (SIGTERM) stops the runs as Ctrl-C does, workers and subprocesses included
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return run_main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_main(args: argparse.Namespace) -> int:
     study_file = Path(args.study).resolve()
     os.chdir(ROOT)  # runs, data and configs are named relative to the repository root
     try:

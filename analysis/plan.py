@@ -147,11 +147,37 @@ class PlanError(RuntimeError):
 
 def check_same_settings(run: Run) -> None:
     """A run folder must keep the settings it was started with, finished or not: a changed budget or
-    override would otherwise be reported over results trained without it."""
+    override would otherwise be reported over results trained without it; and so would a model, data or
+    optimizer setting that the same arguments resolve to differently now (a default changed in the code)."""
     record = run.out_dir / RECORD
     if record.is_file():
         before = json.loads(record.read_text())["args"]
         if before != run.args:
             changed = sorted(set(before) ^ set(run.args))
             raise PlanError(f"{run.out_dir} was started with other settings (differs in: {', '.join(changed)}); "
-                             f"delete that folder to redo it, or give the study another out_dir")
+                            f"delete that folder to redo it, or give the study another out_dir")
+    trained = run.out_dir / "config.json"
+    if trained.is_file():
+        changed = changed_settings(json.loads(trained.read_text()), run.args)
+        if changed:
+            raise PlanError(f"{run.out_dir} was trained with settings its arguments no longer give (a default "
+                            f"changed in the code: {'; '.join(changed)}); delete that folder (or the study's "
+                            f"runs/) to retrain, or give the study another out_dir")
+
+
+def changed_settings(trained: dict, args: list[str]) -> list[str]:
+    """'section.key: then -> now' for each model, data and optim setting that differs between a run's
+    config.json and what its train.py arguments resolve to now (vocab_size 0 is resolved from the data
+    at train time, so it matches whatever was resolved)."""
+    from dataclasses import asdict
+
+    from config import load_config
+    now = load_config(in_root(args[0]), args[1:])
+    changed = []
+    for section in ("model", "data", "optim"):
+        fresh = json.loads(json.dumps(asdict(getattr(now, section))))
+        for key, value in fresh.items():
+            then = trained.get(section, {}).get(key)
+            if then != value and not (section == "model" and key == "vocab_size" and value == 0):
+                changed.append(f"{section}.{key}: {then!r} -> {value!r}")
+    return changed

@@ -177,6 +177,10 @@ def run_all(runs: list[Run], progress: Progress, dry_run: bool, jobs: int = 1) -
                 for future in finished:
                     for run, what, seconds in future.result():  # a StudyError in a worker is raised here
                         progress.report(run, what, seconds)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (study.py turns it into one): stop the workers too,
+            for worker in multiprocessing.active_children():  # or they train on as orphans; a run stopped
+                worker.terminate()  # mid-step resumes from its last (atomically written) checkpoint
+            raise
         except BaseException:
             for future in pending:  # the ladders not started yet; the running ones finish
                 future.cancel()

@@ -468,3 +468,54 @@ def test_without_tuning_seeds_the_tuning_runs_are_reported(tmp_path):
         fake_run(r.out_dir, [4.0, 3.0 if r.lr == 1e-3 else 3.5])
     table = cells(["narrow", "wide"], spec.budget.values, tuning, reported, spec.seeds)
     assert table[("narrow", 1e7)].lr == 1e-3 and len(table[("narrow", 1e7)].runs) == 2
+
+
+def test_a_run_trained_under_other_code_defaults_is_refused_not_reported(tmp_path):
+    """Arguments unchanged, but what they resolve to changed (a default moved in the code): the finished
+    run is stale, and the study stops with the setting that moved and the fix."""
+    from dataclasses import asdict
+
+    from analysis.plan import PlanError, Run, check_same_settings
+    from config import load_config
+    args = ["configs/char_image.toml", "--optim.lr=0.001"]
+    run = Run("idea1", 1e-3, 0, 1.0, tmp_path, args)
+    trained = json.loads(json.dumps(asdict(load_config(ROOT / args[0], args[1:]))))
+    trained["model"]["vocab_size"] = 704  # resolved from the data at train time: not a change
+    (tmp_path / "config.json").write_text(json.dumps(trained))
+    check_same_settings(run)  # the same settings: accepted
+    trained["model"]["cnn_norm"] = "none"
+    (tmp_path / "config.json").write_text(json.dumps(trained))
+    with pytest.raises(PlanError, match=r"a default changed in the code: model.cnn_norm: 'none' -> 'group'\); "
+                                        r"delete that folder"):
+        check_same_settings(run)
+
+
+@pytest.mark.slow
+def test_a_killed_study_stops_its_workers_and_resumes(tmp_path):
+    """kill (SIGTERM) of study.py stops the worker processes with it, not only the parent (orphans would
+    train on, on CPUs or GPUs nobody watches), and the same command then resumes."""
+    import signal
+    import time
+    write_char_dataset(tmp_path / "data")
+    path = tmp_path / "s.toml"
+    path.write_text(study_text(tmp_path / "data", tmp_path / "out", seeds="[1]", budget="iters = 3000",
+                               extra="jobs = 2"))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env=dict(os.environ, WANDB_MODE="disabled"))
+    deadline = time.time() + 120
+    while not list((tmp_path / "out").rglob("ckpt_*.pt")) and time.time() < deadline:
+        time.sleep(0.5)  # until a worker has trained far enough to checkpoint
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; rerun the same command to resume" in err
+    for _ in range(40):  # every process of the study's session is gone
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.25)
+    else:
+        pytest.fail("study.py's worker processes outlived it")
+    resumed = run_study(str(path), "--dry-run")
+    assert resumed.returncode == 0, resumed.stderr
