@@ -184,6 +184,11 @@ def validate(cfg: Config) -> None:
     cfg.model.validate()
 
 
+def changed_keys(then: dict, now: dict) -> list[str]:
+    """The keys of a config section (a dict, as config.json and checkpoints store it) whose values differ."""
+    return sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+
+
 def save_json(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 

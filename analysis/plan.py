@@ -169,15 +169,11 @@ def changed_settings(trained: dict, args: list[str]) -> list[str]:
     """'section.key: then -> now' for each model, data and optim setting that differs between a run's
     config.json and what its train.py arguments resolve to now (vocab_size 0 is resolved from the data
     at train time, so it matches whatever was resolved)."""
-    from dataclasses import asdict
-
-    from config import load_config
-    now = load_config(in_root(args[0]), args[1:])
+    from config import changed_keys, load_config
+    now = json.loads(json.dumps(load_config(in_root(args[0]), args[1:]).to_dict()))  # as config.json holds it
     changed = []
     for section in ("model", "data", "optim"):
-        fresh = json.loads(json.dumps(asdict(getattr(now, section))))
-        for key, value in fresh.items():
-            then = trained.get(section, {}).get(key)
-            if then != value and not (section == "model" and key == "vocab_size" and value == 0):
-                changed.append(f"{section}.{key}: {then!r} -> {value!r}")
+        then, fresh = trained.get(section, {}), now[section]
+        changed += [f"{section}.{key}: {then.get(key)!r} -> {fresh.get(key)!r}" for key in changed_keys(then, fresh)
+                    if not (section == "model" and key == "vocab_size" and fresh[key] == 0)]
     return changed

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from config import Config, ConfigError, resolve_vocab, save_json
+from config import Config, ConfigError, changed_keys, resolve_vocab, save_json
 from data import Dataset, open_dataset
 from engine import runtime
 from engine.budget import Budget
@@ -213,7 +213,7 @@ def build_or_resume(cfg: Config, data: Dataset, rt: runtime.Runtime) -> tuple[La
         ckpt = load_checkpoint(out_dir, map_location="cpu", log=print if rt.master else lambda *_: None)
         saved, now = ckpt["config"]["model"], asdict(cfg.model)
         if saved != now:
-            changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+            changed = changed_keys(saved, now)
             raise ConfigError(f"the checkpoint in {out_dir} was trained with other model settings "
                               f"({', '.join('model.' + k for k in changed)}); resume with the same [model]")
         model = build_model(cfg.model)
