@@ -28,7 +28,9 @@ def test_prepare_train_sample_round_trip(tmp_path):
     cli("train.py", "configs/shakespeare_char_cpu.toml", f"--data.data_dir={tmp_path}", f"--train.out_dir={out}",
         "--train.max_iters=150", "--train.eval_interval=75", *TINY)
     result = json.loads((out / "result.json").read_text())
-    assert result["step"] == 150 and result["val_loss"] < 3.0  # well below ln(65) = 4.17: it learned
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    # it learned: measured 4.84 -> 2.83 nats on a Zen 4 CPU; a drop of 1 nat leaves a margin of 2x
+    assert result["step"] == 150 and result["val_loss"] < first["val_loss"] - 1.0
     sample = cli("sample.py", f"--out_dir={out}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=40",
                  "--seed=1").stdout
     chars = set(json.loads((tmp_path / "shakespeare_char" / "meta.json").read_text())["chars"])

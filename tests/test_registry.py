@@ -120,14 +120,15 @@ def test_initial_loss_and_every_parameter_learns(variant):
 
 @each_model
 def test_one_batch_overfits(variant):
-    """Memorising one batch of 2 x 16 random tokens: the loss halves within 100 Adam steps (each model
-    takes 30-55 at lr 1e-3). At lr 3e-3 or more the plain image models (no norm in the 9-conv VGG)
-    collapse to predicting the batch's unigram distribution (loss ln 24 ~ 3.19) and stay there."""
+    """Memorising one batch of 2 x 16 random tokens: the loss halves within 300 Adam steps (each model
+    takes 33-69 at lr 1e-3 on a Zen 4 CPU: a margin of 4x; the loop stops as soon as it halves). At lr
+    3e-3 or more the plain image models (no norm in the 9-conv VGG) collapse to predicting the batch's
+    unigram distribution (loss ln 24 ~ 3.19) and stay there."""
     model = build(variant)
     idx, targets = tokens(model.cfg), tokens(model.cfg, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = None
-    for _ in range(100):
+    for _ in range(300):
         _, loss = model(idx, targets)
         first = first if first is not None else loss.item()
         opt.zero_grad(set_to_none=True)
@@ -244,21 +245,32 @@ def test_learns_real_text_beyond_the_unigram(variant, shakespeare_chars):
     assert val_loss < unigram - 0.1, f"val loss {val_loss:.3f}, unigram {unigram:.3f}"
 
 
+def front_gradient_norm(model: torch.nn.Module, train: torch.Tensor) -> float:
+    """The gradient norm reaching the warm-up blocks on 16 fixed windows of the training text."""
+    T = model.cfg.block_size
+    batch = torch.stack([train[s:s + T + 1] for s in range(0, 16 * T, T)])  # (16, T + 1)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    _, loss = model(batch[:, :-1], batch[:, 1:])
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.h.parameters()]).norm().item()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", PLAIN_FORM, ids=list(map(variant_id, PLAIN_FORM)))
 def test_the_plain_form_collapses_to_the_unigram(variant, shakespeare_chars):
     """The pathology models/image_lm.py's docstring diagnoses, kept as configured and pinned down here: in
     the plain form (the head reads the CNN's features; the original wiring, or with the projected tied
-    head) the same 150 steps end at the unigram level, with almost no gradient left for the front. If this
-    starts failing, the plain form learns: update the docstring, the configs' comments and this test."""
-    unigram = shakespeare_chars[3]
+    head) the same 150 steps end at the unigram level, and the gradient reaching the front has all but
+    vanished. Both are stated against what the learners do, with margin for other CPUs' kernels: measured
+    on a Zen 4 CPU, the plain forms end 0.001-0.007 nats from the unigram (the learners 0.61-0.65 below it;
+    the test allows 0.15) and their front's gradient at 0.06 and 1e-4 of its value at initialisation (the
+    test allows 0.25). If this starts failing, the plain form learns: update the docstring, the configs'
+    comments and this test."""
+    train, _, V, unigram = shakespeare_chars
+    torch.manual_seed(0)
+    at_init = front_gradient_norm(models.build_model(models.tiny_config(variant[0], **variant[1], vocab_size=V)), train)
     model, val_loss = train_on_text(variant, shakespeare_chars)
-    assert abs(val_loss - unigram) < 0.1, f"val loss {val_loss:.3f}, unigram {unigram:.3f}"
-    train = shakespeare_chars[0]
-    T = model.cfg.block_size
-    model.train()
-    batch = torch.stack([train[s:s + T + 1] for s in range(0, 16 * T, T)])  # (16, T + 1)
-    _, loss = model(batch[:, :-1], batch[:, 1:])
-    loss.backward()
-    front = torch.cat([p.grad.flatten() for p in model.h.parameters()])
-    assert front.norm() < 1e-2  # at init about 0.5: the image stage no longer passes a gradient back
+    assert abs(val_loss - unigram) < 0.15, f"val loss {val_loss:.3f}, unigram {unigram:.3f}"
+    after = front_gradient_norm(model, train)
+    assert after < 0.25 * at_init, f"front gradient {after:.3g} after training, {at_init:.3g} at init"

@@ -36,7 +36,7 @@ def test_metrics_lines_carry_the_compute_axes(data_dir, tmp_path):
     assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 20
     evals = [l for l in lines if "val_loss" in l]
     assert [l["step"] for l in evals] == [0, 10, 20]
-    assert evals[0]["val_loss"] > evals[-1]["val_loss"]               # it learns
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.3         # it learns (measured: 4.17 -> 3.36)
     tokens_per_step = 4 * 1 * 32
     for l in lines[1:]:
         assert {"step", "tokens", "flops", "time_s", "lr", "loss", "tokens_per_s"} <= l.keys()
