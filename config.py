@@ -195,17 +195,24 @@ def save_json(cfg: Config, path: str | Path) -> None:
 
 def help_text() -> str:
     """Every config key with its type, default and meaning, read from the dataclasses themselves (so
-    the help cannot drift from what is accepted); the [model] keys per registered model."""
-    from models import MODELS
+    the help cannot drift from what is accepted): the backbone's [model] keys once, then what each
+    registered preset adds or sets differently."""
+    from models import MODELS, LMConfig
 
-    def rows(cls: type, prefix: str) -> list[str]:
-        return [f"  --{key:<26} {typ:<6} {default:<12} {doc}" for key, typ, default, doc in describe(cls, prefix)]
+    def rows(cls: type, prefix: str, skip: set[tuple] = frozenset()) -> list[str]:
+        return [f"  --{key:<26} {typ:<6} {default:<12} {doc}" for key, typ, default, doc in describe(cls, prefix)
+                if (key, typ, default, doc) not in skip]
 
     lines = ["config keys: a TOML file's [section] key = value, or --section.key=value on the command line",
              "(key, type, default, meaning)"]
     for section in (DataConfig, OptimConfig, TrainConfig, WandbConfig):
         name = section.__name__.removesuffix("Config").lower()
         lines += ["", f"[{name}]", *rows(section, name + ".")]
+    backbone = set(describe(LMConfig, "model."))
+    lines += ["", f"[model] with name = \"lm\": {MODELS['lm'].summary} (the keys of every model)",
+              *rows(LMConfig, "model.")]
     for name, entry in MODELS.items():
-        lines += ["", f"[model] with name = \"{name}\": {entry.summary}", *rows(entry.config, "model.")]
+        if entry.config is not LMConfig:
+            lines += ["", f"[model] with name = \"{name}\": {entry.summary}; the lm keys, and these:",
+                      *rows(entry.config, "model.", backbone)]
     return "\n".join(lines)

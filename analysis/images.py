@@ -1,21 +1,18 @@
 """What an image model paints for a text: each token's image a_t, its causally mixed image A_t, and for
-idea 2 (mixer attn) the attention weights over the past; as arrays, and drawn into PNG files.
+idea 2 (image_attn) the attention weights over the past; as arrays, and drawn into PNG files.
 
     images = token_images(model, tokenizer, "To be, or not to be", max_tokens=16)
-    paths = render(images, out_dir)    # painted.png, mixed.png (+ attention.png for mixer attn)
+    paths = render(images, out_dir)    # painted.png, mixed.png (+ attention.png for image_attn)
 
-The arrays are the model's own: forward hooks on each stage's mixer record its input and its output
-(a, A) during one ordinary forward pass of the prompt, so a chained model's later stages see exactly
-the residual stream they see in training. The attention weights are not returned by the model (it
-uses the fused scaled_dot_product_attention); they are recomputed here from the mixer's own query and
-key projections (scale 1/sqrt(head size), causal softmax), and tests/test_visualize.py checks that
-these weights applied to the values (a, per head) give back the model's A.
+The arrays are the model's own: each image block records them during one ordinary forward pass of the
+prompt through the model contract (models.tracing), so a chained model's later blocks see exactly the
+residual stream they see in training; tests/test_visualize.py checks them against a forward pass
+computed apart, and that idea 2's weights applied to the painted images give back the mixed ones.
 
 Shapes: T tokens shown, C x H x W a token image, nh image heads.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from models.mixers import ImageAttention  # noqa: E402
+from models import MIXERS, tracing  # noqa: E402
 
 
 class NoImages(ValueError):
@@ -36,9 +33,11 @@ class NoImages(ValueError):
 
 @dataclass
 class StageImages:
+    layer: int                      # the block that paints them
+    mixer: str                      # its token mixer (image_sum, image_attn, ...)
     painted: np.ndarray             # (T, C, H, W) a_t: what token t paints
     mixed: np.ndarray               # (T, C, H, W) A_t: what the CNN reads at t (the past mixed causally)
-    attention: np.ndarray | None    # (nh, T, T) mixer attn: weight of key s for query t (0 for s > t); else None
+    attention: np.ndarray | None    # (nh, T, T) image_attn: weight of key s for query t (0 for s > t); else None
 
 
 @dataclass
@@ -46,55 +45,28 @@ class TokenImages:
     ids: list[int]
     labels: list[str]               # each token's text, quoted (whitespace visible)
     model: str                      # model.name
-    mixer: str
-    stages: list[StageImages]       # one per image stage (n_chain of them in a chained model)
+    stages: list[StageImages]       # one per image block (n_chain of them in a chained model)
+
+
+def image_layers(model: nn.Module) -> list[int]:
+    return [i for i, layer in enumerate(model.cfg.layers()) if layer.mixer.startswith("image_")]
 
 
 def check_paints_images(model: nn.Module) -> None:
-    """NoImages, saying why, unless the model has at least one image stage."""
-    name = getattr(model.cfg, "name", type(model).__name__)
+    """NoImages, saying why, unless the model has at least one image block."""
+    name = model.cfg.name
     if getattr(model.cfg, "image_stage", True) is False:
         raise NoImages(f"the model is the front-only control of {name} (model.image_stage = false): its front "
                        f"feeds the head directly and it paints no images")
-    if not len(getattr(model, "stages", ())):
-        from models import MODELS
-        from models.image_lm import ImageLM
-        image_models = [n for n, e in MODELS.items() if e.builder is ImageLM]
-        raise NoImages(f"the model is a {name}, which paints no images (the image models are: "
-                       f"{', '.join(image_models)})")
+    if not image_layers(model):
+        raise NoImages(f"the model ({name}, layers {', '.join(layer.mixer for layer in model.cfg.layers())}) has "
+                       f"no image block (the image mixers are: {', '.join(m for m in MIXERS if m.startswith('image_'))})")
 
 
 def token_labels(tokenizer, ids: list[int]) -> list[str]:
     """Each token's own text, quoted so that spaces and newlines show (a BPE token that is part of a
     UTF-8 character decodes to U+FFFD)."""
     return [repr(tokenizer.decode([i])) for i in ids]
-
-
-def attention_weights(mix: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The causal attention weights (B, nh, T, T) of an ImageAttention mixer on its input x (B, T, d)
-    (the stage's LayerNorm output): the same q, k as ImageAttention.mix, scale 1/sqrt(hs)."""
-    B, T, d = x.shape
-    q, k = (t.view(B, T, mix.heads, -1).transpose(1, 2) for t in mix.c_attn(x).split(d, dim=2))  # (B, nh, T, hs)
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, T, T)
-    future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
-
-
-@torch.no_grad()
-def mixer_records(model: nn.Module, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(mixer input x, a, A) of every image stage, in order, from one forward pass of idx (B, T)."""
-    records = []
-
-    def hook(module, args, out):
-        records.append((args[0], *out))
-
-    handles = [stage.mix.register_forward_hook(hook) for stage in model.stages]
-    try:
-        model(idx)
-    finally:
-        for h in handles:
-            h.remove()
-    return records
 
 
 @torch.no_grad()
@@ -111,14 +83,18 @@ def token_images(model: nn.Module, tokenizer, text: str, max_tokens: int = 16) -
     cfg = model.cfg
     shape = (len(ids), cfg.channels, cfg.height, cfg.width)
     idx = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)  # (1, T)
+    with tracing(model) as records:
+        model(idx)
+    layers = cfg.layers()
     stages = []
-    for stage, (x, a, A) in zip(model.stages, mixer_records(model, idx)):
-        weights = attention_weights(stage.mix, x)[0] if isinstance(stage.mix, ImageAttention) else None  # (nh, T, T)
-        stages.append(StageImages(painted=a[0].float().cpu().numpy().reshape(shape),
-                                  mixed=A[0].float().cpu().numpy().reshape(shape),
-                                  attention=None if weights is None else weights.float().cpu().numpy()))
-    return TokenImages(ids=list(ids), labels=token_labels(tokenizer, ids), model=cfg.name, mixer=cfg.mixer,
-                       stages=stages)
+    for i in image_layers(model):
+        record = records[f"h.{i}.mixer"]
+        weights = record.get("attention")  # (1, nh, T, T) for image_attn
+        stages.append(StageImages(layer=i, mixer=layers[i].mixer,
+                                  painted=record["painted"][0].float().cpu().numpy().reshape(shape),
+                                  mixed=record["mixed"][0].float().cpu().numpy().reshape(shape),
+                                  attention=None if weights is None else weights[0].float().cpu().numpy()))
+    return TokenImages(ids=list(ids), labels=token_labels(tokenizer, ids), model=cfg.name, stages=stages)
 
 
 def plot_token_images(images: np.ndarray, labels: list[str], title: str, path: Path) -> Path:
@@ -172,14 +148,14 @@ def plot_attention(weights: np.ndarray, labels: list[str], title: str, path: Pat
 
 
 def render(images: TokenImages, out_dir: str | Path) -> list[Path]:
-    """Write painted.png and mixed.png (and attention.png for mixer attn) for each stage (file names
+    """Write painted.png and mixed.png (and attention.png for image_attn) for each image block (file names
     get _stage<k> when there are several); returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, stage in enumerate(images.stages):
         suffix = f"_stage{k}" if len(images.stages) > 1 else ""
-        where = f"{images.model}, mixer {images.mixer}" + (f", stage {k}" if suffix else "")
+        where = f"{images.model}, layer {stage.layer}: {stage.mixer}"
         paths.append(plot_token_images(stage.painted, images.labels, f"painted images a_t ({where})",
                                        out_dir / f"painted{suffix}.png"))
         paths.append(plot_token_images(stage.mixed, images.labels, f"causally mixed images A_t, what the CNN "

@@ -8,7 +8,7 @@ the linear head to the vocabulary belongs to the language model, not to this fil
     feats = cnn(images)               # (N, 8, 32, 32) -> (N, 64)
     cnn.forward_flops(32, 32)         # 613_416_960 forward FLOPs per image
 
-Names (CNN_NAMES, plus "tv:<name>"):
+Names (the registry TRUNKS, plus "tv:<name>"):
 - "vgg": the original study's VGG: 9 convs 3x3, C->64 then 8 x 64->64, ReLU after each -> R^64.
 - "vgg_wide": 11 convs: C->64, 3 x 64->64, 64->128, 3 x 128->128, 128->128, 128->128, 128->256 -> R^256.
 - "resnet": a conv3x3 stem C->64 at full resolution, then 4 torchvision BasicBlocks of 64 channels:
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -65,20 +66,6 @@ NORMS = ("none", "group", "layer")
 POOLS = ("end", "stages")
 TV_PREFIX = "tv:"
 
-# Layer variants as data: an int is a conv 3x3 (VGG) or a basic residual block (ResNet) of that many
-# output channels; 'M' marks a stage boundary, a 2x2 max-pool with pool="stages", dropped with pool="end".
-VGG_CFGS: dict[str, list[int | str]] = {
-    "vgg": [64, 64, 64, "M", 64, 64, 64, "M", 64, 64, 64],  # 9 convs, stages of 3
-    # STUDY.md: "8->64; three 64->64 and one 64->128; three 128->128; three more of which the last
-    # produces 256": 1 + 3 + 1 + 3 + 3 = 11 convs. As in torchvision's VGGs a stage widens at its first
-    # conv, so the stages are C->64 + 3 x 64->64 | 64->128 + 3 x 128->128 | 2 x 128->128 + 128->256.
-    "vgg_wide": [64, 64, 64, 64, "M", 128, 128, 128, 128, "M", 128, 128, 256],
-}
-# After the stem conv (conv 1): blocks of 2 convs; the first pool falls after conv 3, as in "vgg".
-RESNET_CFGS: dict[str, list[int | str]] = {
-    "resnet": [64, "M", 64, 64, "M", 64],
-}
-CNN_NAMES: tuple[str, ...] = (*VGG_CFGS, *RESNET_CFGS)
 
 
 class ChannelBias(nn.Module):
@@ -193,6 +180,33 @@ def _build_resnet(cfg: list[int | str], in_channels: int, norm: str) -> Sequenti
         layers.append(BasicBlock(c, v, downsample=downsample, norm_layer=partial(norm_layer, norm)))
         c = v
     return SequentialCNN(nn.Sequential(*layers), in_channels, c)
+
+
+class Trunk(NamedTuple):
+    """A trunk of our own, as data: an int is a conv 3x3 (VGG) or a basic residual block (ResNet) of that
+    many output channels at width 64; 'M' marks a stage boundary, a 2x2 max-pool with pool="stages",
+    dropped with pool="end"."""
+    layers: list[int | str]
+    builder: Callable[[list[int | str], int, str], SequentialCNN]
+    summary: str  # one line for --help
+
+
+# The CNN registry: a new trunk is one entry (tv:<name> backbones come from torchvision's own registry).
+TRUNKS: dict[str, Trunk] = {
+    "vgg": Trunk([64, 64, 64, "M", 64, 64, 64, "M", 64, 64, 64], _build_vgg,
+                 "the original's VGG, 9 convs 3x3: C->64, 8 x 64->64"),
+    # STUDY.md: "8->64; three 64->64 and one 64->128; three 128->128; three more of which the last
+    # produces 256": 1 + 3 + 1 + 3 + 3 = 11 convs. As in torchvision's VGGs a stage widens at its first
+    # conv, so the stages are C->64 + 3 x 64->64 | 64->128 + 3 x 128->128 | 2 x 128->128 + 128->256.
+    "vgg_wide": Trunk([64, 64, 64, 64, "M", 128, 128, 128, 128, "M", 128, 128, 256], _build_vgg,
+                      "the original's wide VGG, 11 convs 3x3 widening 64 -> 128 -> 256"),
+    # After the stem conv (conv 1): blocks of 2 convs; the first pool falls after conv 3, as in "vgg".
+    "resnet": Trunk([64, "M", 64, 64, "M", 64], _build_resnet,
+                    "a conv stem and 4 BasicBlocks of 64 channels (the depth and FLOPs of vgg)"),
+}
+CNN_NAMES: tuple[str, ...] = tuple(TRUNKS)
+CNN_HELP = "; ".join(f"{name}: {t.summary}" for name, t in TRUNKS.items()) + \
+    f"; {TV_PREFIX}<name>: a torchvision classifier (e.g. {TV_PREFIX}resnet18), first conv adapted, never pretrained"
 
 
 class TorchvisionCNN(CNN):
@@ -311,6 +325,6 @@ def build_cnn(name: str, in_channels: int, *, norm: str = "none", pool: str = "e
         raise ConfigError(f"a CNN needs at least one input channel, got in_channels={in_channels}")
     if name.startswith(TV_PREFIX):
         return TorchvisionCNN(name[len(TV_PREFIX):], in_channels, norm)
-    cfgs, builder = (VGG_CFGS, _build_vgg) if name in VGG_CFGS else (RESNET_CFGS, _build_resnet)
-    cfg = [v if v == "M" else v * width // 64 for v in cfgs[name] if pool == "stages" or v != "M"]
-    return builder(cfg, in_channels, norm)
+    trunk = TRUNKS[name]
+    layers = [v if v == "M" else v * width // 64 for v in trunk.layers if pool == "stages" or v != "M"]
+    return trunk.builder(layers, in_channels, norm)

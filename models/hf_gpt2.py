@@ -1,7 +1,8 @@
 """init_from=gpt2: OpenAI's GPT-2 weights (through Hugging Face transformers) copied into our GPT.
 
 Our module names follow GPT-2, so the copy is key by key: `emb.wte` <- `transformer.wte`, `h.N...`
-<- `transformer.h.N...`, `ln_f` <- `transformer.ln_f`, `lm_head` <- `lm_head` (tied to wte in both).
+<- `transformer.h.N...` (our block's token mixer is `mixer` where GPT-2's is `attn`), `ln_f` <-
+`transformer.ln_f`, `lm_head` <- `lm_head` (tied to wte in both).
 HF stores c_attn, c_proj and c_fc as Conv1D, whose weight is (in, out): the transpose of nn.Linear's.
 
 Vocabulary: the loaded GPT keeps GPT-2's 50257 tokens rather than padding to 50304. Padded rows
@@ -15,7 +16,7 @@ import socket
 
 import torch
 
-from models.gpt import GPT, GPTConfig
+from models import LM, LMConfig, config_class
 
 # Shapes of the released checkpoints (n_layer, n_head, n_embd); all have vocab 50257, block 1024, biases.
 SHAPES = {
@@ -25,7 +26,7 @@ SHAPES = {
     "gpt2-xl": (48, 25, 1600),      # 1558M
 }
 GPT2_VOCAB, GPT2_BLOCK = 50257, 1024
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # HF names
 BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older transformers, not weights
 
 
@@ -33,8 +34,8 @@ class HFLoadError(RuntimeError):
     """GPT-2 weights that cannot be had or do not fit our GPT; the message says why and what to do."""
 
 
-def config_from_hf(hf_config, dropout: float = 0.0) -> GPTConfig:
-    """Our GPTConfig for a transformers GPT2Config, refusing variants our GPT does not compute."""
+def config_from_hf(hf_config, dropout: float = 0.0) -> LMConfig:
+    """Our "gpt" config for a transformers GPT2Config, refusing variants our GPT does not compute."""
     c = hf_config
     problems = []
     if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):  # our MLP: GELU, tanh approximation
@@ -49,7 +50,7 @@ def config_from_hf(hf_config, dropout: float = 0.0) -> GPTConfig:
         problems.append("non-standard attention scaling (need 1/sqrt(head size))")
     if problems:
         raise HFLoadError("this GPT-2 variant does not fit our GPT: " + "; ".join(problems))
-    return GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
+    return config_class("gpt")(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
                      n_head=c.n_head, n_embd=c.n_embd, dropout=dropout, bias=True)
 
 
@@ -57,12 +58,14 @@ def hf_key(key: str) -> str:
     """The HF state-dict key holding our parameter `key`."""
     if key.startswith("emb."):
         return "transformer." + key.removeprefix("emb.")
-    if key.startswith(("h.", "ln_f.")):
+    if key.startswith("h."):
+        return "transformer." + key.replace(".mixer.", ".attn.")
+    if key.startswith("ln_f."):
         return "transformer." + key
     return key  # lm_head.weight has the same name in both
 
 
-def copy_hf_state(model: GPT, hf_state: dict[str, torch.Tensor]) -> None:
+def copy_hf_state(model: LM, hf_state: dict[str, torch.Tensor]) -> None:
     """Copy an HF GPT-2 state dict into `model`, after checking that every key maps exactly once.
 
     All checks run before the first copy, so a failure leaves `model` untouched.
@@ -109,7 +112,7 @@ def _download(model_type: str):
             f"or train from scratch with --train.init_from=scratch") from e
 
 
-def load_hf_gpt2(model_type: str = "gpt2", hf_model=None, *, dropout: float = 0.0) -> GPT:
+def load_hf_gpt2(model_type: str = "gpt2", hf_model=None, *, dropout: float = 0.0) -> LM:
     """A GPT (on CPU, float32, train mode like any freshly built model) holding GPT-2's weights.
 
     hf_model: an already built transformers GPT2LMHeadModel; its own config gives the shapes (so
@@ -127,7 +130,7 @@ def load_hf_gpt2(model_type: str = "gpt2", hf_model=None, *, dropout: float = 0.
                               f"expected {(*SHAPES[model_type], GPT2_VOCAB, GPT2_BLOCK)}")
     cfg = config_from_hf(hf_model.config, dropout)
     cfg.validate()
-    model = GPT(cfg)
+    model = LM(cfg)
     copy_hf_state(model, hf_model.state_dict())
     return model
 

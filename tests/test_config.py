@@ -39,8 +39,15 @@ def test_bad_input_is_a_config_error_naming_the_key(overrides, words):
 
 
 def test_model_section_is_checked_against_the_registered_schema():
-    with pytest.raises(ConfigError, match="unknown key model.channels"):
-        from_dict({"model": {"name": "gpt", "channels": 8}})
+    """Every model has the backbone's keys; a preset's own keys belong to it alone."""
+    with pytest.raises(ConfigError, match="unknown key model.n_chain"):
+        from_dict({"model": {"name": "gpt", "n_chain": 1}})
+    with pytest.raises(ConfigError, match="name = \"gpt\" has attention and an MLP in every layer"):
+        from_dict({"model": {"name": "gpt", "mixers": ["hyena"]}})
+    with pytest.raises(ConfigError, match="mixers and model.mlp are derived"):
+        from_dict({"model": {"name": "image_sum", "mixers": ["hyena"]}})
+    assert from_dict({"model": {"name": "lm", "mixers": ["attn", "hyena"], "n_layer": 2}}).model.layers() == \
+        [("attn", True), ("hyena", True)]
 
 
 def test_cli_values_parse_as_toml_with_string_fallback():

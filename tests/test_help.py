@@ -13,7 +13,8 @@ import sample
 from analysis.spec import ArmSpec, BudgetSpec, SampleSpec, StudySpec
 from config import DataConfig, OptimConfig, TrainConfig, WandbConfig
 from helpers import ROOT
-from models import MODELS
+from models import MIXERS, MODELS
+from models.cnn import TRUNKS
 
 
 def help_of(script: str) -> str:
@@ -75,12 +76,19 @@ def test_train_help_lists_every_field_of_every_config_dataclass_with_its_default
         name = cls.__name__.removesuffix("Config").lower()
         for key, default, doc in fields(cls, f"--{name}."):
             check_listed(parts[f"[{name}]"], key, default, doc)
+    headers = {name: [h for h in parts if h.startswith(f'[model] with name = "{name}"')] for name in MODELS}
+    backbone = parts[headers["lm"][0]]
     for name, entry in MODELS.items():
-        (header,) = [h for h in parts if h.startswith(f'[model] with name = "{name}"')]
-        for key, default, doc in fields(entry.config, "--model."):
-            check_listed(parts[header], key, default, doc)
+        (header,) = headers[name]
+        for key, default, doc in fields(entry.config, "--model."):  # the preset's own line, or the backbone's
+            own = [line for line in parts[header] if line.split()[:1] == [key]]
+            check_listed(own or backbone, key, default, doc)
     model_keys = {f.name for entry in MODELS.values() for f in dataclasses.fields(entry.config)}
-    assert {"image_heads", "cnn", "mixer", "n_chain"} <= model_keys  # the image models are walked too
+    assert {"image_heads", "cnn", "mixer", "n_chain", "mixers", "conv_kernel"} <= model_keys  # every preset walked
+    for mixer in MIXERS:  # the registries' choices are listed, from the registries themselves
+        assert f"{mixer}: " in " ".join(backbone)
+    for trunk in TRUNKS:
+        assert f"{trunk}: " in " ".join(backbone)
 
 
 def test_study_help_lists_every_field_of_the_study_file_dataclasses_with_its_default():

@@ -59,7 +59,7 @@ def test_old_mask_buffers_are_skipped():
     state["transformer.h.0.attn.bias"] = torch.ones(1, 1, 64, 64)  # what transformers < 4.40 kept
     state["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4)
     ours = load_hf_gpt2(hf_model=FakeHF(hf, state))
-    assert torch.equal(ours.h[0].attn.c_attn.bias, hf.transformer.h[0].attn.c_attn.bias)
+    assert torch.equal(ours.h[0].mixer.c_attn.bias, hf.transformer.h[0].attn.c_attn.bias)
 
 
 @pytest.mark.parametrize("tamper, match", [

@@ -1,14 +1,17 @@
 """The vectorised causal mixers equal plain sequential references, gradients included (float64), and
-their incremental forms (a carry, a KV cache) equal the full sequence computed at once."""
+their incremental forms (a carry, a KV cache, the last inputs of a convolution) equal the full sequence
+computed at once."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from torch.func import functional_call
 
-from models.gpt import causal_attention
-from models.mixers import causal_cumsum
+from models.attention import causal_attention
+from models.conv import CausalDepthwiseConv, GatedConv, Hyena, ImplicitFilter, fft_causal_conv
+from models.image import causal_cumsum
 
 
 def cumsum(a: torch.Tensor, mean: bool = False) -> torch.Tensor:
@@ -140,3 +143,91 @@ def test_attention_in_pieces_with_a_cache_equals_the_whole():
     for lo, hi in [(0, 4), (4, 5), (5, 10)]:
         pieces.append(causal_attention(q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi], cache, owner))
     torch.testing.assert_close(torch.cat(pieces, dim=2), whole, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- 1-D convolutions
+
+
+def loop_depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """y[b, t, c] = bias[c] + sum_j weight[c, j] x[b, t - k + 1 + j, c], positions before 0 being zero."""
+    B, T, C = x.shape
+    k = weight.size(-1)
+    y = torch.zeros(B, T, C, dtype=x.dtype)
+    for t in range(T):
+        for j in range(k):
+            s = t - k + 1 + j
+            if s >= 0:
+                y[:, t] = y[:, t] + weight[:, j] * x[:, s]
+    return y + bias
+
+
+def loop_long_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """y[b, t, c] = sum_{s <= t} h[c, t - s] z[b, s, c]."""
+    B, T, C = z.shape
+    y = torch.zeros_like(z)
+    for t in range(T):
+        for s in range(t + 1):
+            y[:, t] = y[:, t] + h[:, t - s] * z[:, s]
+    return y
+
+
+@pytest.mark.parametrize("kernel", [1, 4])
+def test_causal_depthwise_conv_equals_loop_with_gradients(kernel: int):
+    g = torch.Generator().manual_seed(0)
+    conv = CausalDepthwiseConv(5, kernel).double()
+    x = torch.randn(2, 9, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(2, 9, 5, generator=g, dtype=torch.float64)
+    weight, bias = conv.weight[:, 0], conv.bias  # (C, k), (C,)
+    module = lambda x, weight, bias: functional_call(conv, {"weight": weight[:, None], "bias": bias}, (x,))  # noqa: E731
+    for a, b in zip(grads(module, (x, weight, bias), w), grads(loop_depthwise, (x, weight, bias), w)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_in_pieces_with_a_cache_equals_the_whole():
+    conv = CausalDepthwiseConv(3, 4).double()
+    x = torch.randn(2, 10, 3, dtype=torch.float64)
+    cache, pieces = {}, []
+    for lo, hi in [(0, 2), (2, 3), (3, 10)]:
+        pieces.append(conv(x[:, lo:hi], cache))
+    torch.testing.assert_close(torch.cat(pieces, dim=1), conv(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("T", [1, 7, 16])
+def test_fft_long_conv_equals_loop_with_gradients(T: int):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, T, 3, generator=g, dtype=torch.float64)
+    h = torch.randn(3, T, generator=g, dtype=torch.float64)
+    w = torch.randn(2, T, 3, generator=g, dtype=torch.float64)
+    for a, b in zip(grads(fft_causal_conv, (z, h), w), grads(loop_long_conv, (z, h), w)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_hyena_equals_its_definition_written_as_loops():
+    """y_t = c_proj(q_t * (sum_{s <= t} h_{t-s} z_s + skip * z_t)), z = k * v, q, k, v the short convolution
+    of in_proj(x): every piece by the loops above, against the module (float64)."""
+    torch.manual_seed(0)
+    mixer = Hyena(6, 3, 12, 8, True, 0.0).double()
+    x = torch.randn(2, 12, 6, dtype=torch.float64)
+    u = mixer.in_proj(x)
+    q, k, v = loop_depthwise(u, mixer.short.weight[:, 0], mixer.short.bias).chunk(3, dim=-1)
+    z = k * v
+    y = q * (loop_long_conv(z, mixer.filter(12)) + mixer.skip * z)
+    torch.testing.assert_close(mixer(x), mixer.c_proj(y), rtol=1e-10, atol=1e-12)
+
+
+def test_gated_conv_gates_the_convolved_values():
+    torch.manual_seed(0)
+    mixer = GatedConv(4, 3, True, 0.0).double()
+    x = torch.randn(2, 8, 4, dtype=torch.float64)
+    a, g = loop_depthwise(mixer.in_proj(x), mixer.conv.weight[:, 0], mixer.conv.bias).chunk(2, dim=-1)
+    torch.testing.assert_close(mixer(x), mixer.c_proj(a * torch.sigmoid(g)), rtol=1e-12, atol=1e-12)
+
+
+def test_the_implicit_filters_windows_decay_as_documented():
+    """Channel 0 keeps 1% of its weight after 1.5 blocks, the last channel after a tenth of a block."""
+    f = ImplicitFilter(16, 1000, 8)
+    slow, fast = f.window[0], f.window[-1]
+    assert f.window.shape == (16, 1000) and torch.all(f.window[:, 0] == 1)
+    torch.testing.assert_close(slow[100] ** 15, torch.tensor(0.01), rtol=1e-3, atol=0)  # 0.01 at t = 1.5 L
+    torch.testing.assert_close(fast[100], torch.tensor(0.01), rtol=1e-3, atol=0)       # 0.01 at t = 0.1 L
+    assert torch.all(f.window[1:] <= f.window[:-1])  # each channel forgets faster than the one before

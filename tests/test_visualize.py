@@ -11,7 +11,7 @@ from data.tokenizer import load_tokenizer
 from engine.checkpoint import load_for_inference
 from engine.trainer import train
 from helpers import tiny_overrides, write_char_dataset
-from models import TINY_IMAGE
+from models import MODELS
 
 TEXT = "ROMEO: I dreamt a dream tonight."
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -27,7 +27,7 @@ def runs(tmp_path_factory):
     write_char_dataset(root / "data")
     out = {}
     for key, (name, extra) in RUNS.items():
-        model = {} if name == "gpt" else {f"model.{k}": v for k, v in TINY_IMAGE.items() if k != "vocab_size"}
+        model = {} if name == "gpt" else {f"model.{k}": v for k, v in MODELS[name].tiny.items() if k != "vocab_size"}
         overrides = {"model.name": f'"{name}"', **model, **{f"model.{k}": v for k, v in extra.items()},
                      "train.max_iters": 3, "train.eval_iters": 1, "optim.warmup_iters": 1}
         train(load_config(None, tiny_overrides(root / "data", root / key, **overrides)))
@@ -40,16 +40,16 @@ def load(run):
     return model, load_tokenizer(meta)
 
 
-def forward_images(model, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(stage input, a, A) of every stage, computed as ImageLM.forward computes them, without hooks."""
+def forward_images(model, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(a, A) of every image block, computed block by block from the model's own parts, without the trace."""
     with torch.no_grad():
-        x = model.front(torch.tensor([ids]))  # (1, T, d)
+        x = model.emb(torch.tensor([ids]))  # (1, T, d)
         out = []
-        for stage in model.stages:
-            a, A = stage.images(x)  # (1, T, D) each
-            out.append((x, a[0], A[0]))
-            if model.cfg.n_chain:  # chained: the next stage reads the updated residual stream
-                x = x + stage.c_proj(stage(x))
+        for block in model.h:
+            if block.has_mixer and hasattr(block.mixer, "mixing"):
+                a, A = block.mixer.mixing(block.ln_1(x), None, 0)  # (1, T, D) each
+                out.append((a[0], A[0]))
+            x = block(x)  # the next block reads the updated residual stream
     return out
 
 
@@ -60,8 +60,9 @@ def test_the_arrays_are_the_models_own_images(runs, key):
     ids = tok.encode(TEXT)[:12]
     cfg = model.cfg
     assert got.ids == ids and got.labels == [repr(c) for c in TEXT[:12]]
-    assert len(got.stages) == len(model.stages) == (2 if key == "attn_chain" else 1)
-    for stage, (x, a, A) in zip(got.stages, forward_images(model, ids)):
+    reference = forward_images(model, ids)
+    assert len(got.stages) == len(reference) == (2 if key == "attn_chain" else 1)
+    for stage, (a, A) in zip(got.stages, reference):
         shape = (12, cfg.channels, cfg.height, cfg.width)
         assert stage.painted.shape == stage.mixed.shape == shape
         assert torch.equal(torch.from_numpy(stage.painted), a.view(shape))
@@ -76,7 +77,7 @@ def test_the_arrays_are_the_models_own_images(runs, key):
 def test_the_attention_weights_applied_to_the_painted_images_give_the_mixed_ones(runs, key):
     model, tok = load(runs[key])
     got = images.token_images(model, tok, TEXT, max_tokens=10)
-    heads = model.stages[0].mix.heads
+    heads = model.cfg.image_heads or model.cfg.channels
     assert heads == (2 if key == "attn_heads2" else model.cfg.channels)
     for stage in got.stages:
         w = torch.from_numpy(stage.attention)  # (nh, T, T)
@@ -103,7 +104,7 @@ def test_visualize_writes_pngs_of_exactly_those_arrays(runs, tmp_path, monkeypat
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, name
     model, tok = load(runs["attn"])
-    (_, a, A), = forward_images(model, tok.encode(TEXT)[:8])
+    (a, A), = forward_images(model, tok.encode(TEXT)[:8])
     assert [d.shape for d in drawn] == [(8, 4, 4, 4)] * 2
     assert torch.equal(torch.from_numpy(drawn[0]).flatten(1), a)  # painted.png
     assert torch.equal(torch.from_numpy(drawn[1]).flatten(1), A)  # mixed.png
@@ -125,7 +126,7 @@ def test_errors_are_one_line_and_name_the_fix(runs, tmp_path, capsys):
         assert err.startswith("visualize.py: error: ") and err.count("\n") == 1 and "Traceback" not in err
         return err
     err = error("--out_dir", str(runs["gpt"]), "--text", TEXT)
-    assert "is a gpt, which paints no images" in err and "point --out_dir at a run of an image model" in err
+    assert "(gpt, layers attn, attn) has no image block" in err and "point --out_dir at a run of an image model" in err
     err = error("--out_dir", str(runs["front_only"]), "--text", TEXT)
     assert "front-only control of image_attn (model.image_stage = false)" in err and "paints no images" in err
     err = error("--out_dir", str(tmp_path / "none"), "--text", TEXT)
