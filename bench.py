@@ -18,10 +18,10 @@ import torch
 from config import Config, ConfigError, load_config, resolve_vocab
 from data import DataError, open_dataset
 from engine import runtime
-from engine.bench import random_batches, rates, reset_peak_memory, time_steps
 from engine.optim import make_optimizer
 from engine.perf import cpu_matmul_flops, peak_flops, peak_memory_bytes
 from models import build_model
+from tools.timing import random_batches, rates, reset_peak_memory, time_steps
 
 
 def batches_for(cfg: Config, n_micro: int, step: int) -> tuple[Config, list]:
