@@ -64,23 +64,18 @@ def preflight(spec: StudySpec, arms: list[ArmSpec], dry_run: bool) -> dict[str, 
     """{arm: {budget: Budget}}: each arm's budgets in steps as the trainer will compute them, printed;
     a budget too small for an arm (e.g. not past its warm-up) or a block_size too small for its task
     fails now, not after the arms before it."""
-    import torch
-    from data import DataError, open_dataset
-    from models import build_model
+    from data import DataError
+    from engine.setup import set_up
     steps = {}
     for arm in arms:
         cfg = resolve_arm(spec, arm)
-        vocab = 1  # a dry run may come before the data is prepared: any vocabulary gives the step counts
-        if not (dry_run and unprepared(cfg)):
-            try:
-                data = open_dataset(cfg.data)  # a prepared folder or a synthetic task: both know their vocabulary
-                data.check_block_size(cfg.model.block_size)
-            except DataError as e:
-                raise ConfigError(f"arm {arm.name}: {e}") from None
-            vocab = data.vocab_size
-        with torch.device("meta"):  # shapes only: no memory, no time, even for GPT-2 sizes
-            flops_per_token = build_model(resolve_vocab(cfg, vocab).model).flops_per_token()
-        tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
+        # a dry run may come before the data is prepared: any vocabulary gives the step counts
+        absent = dry_run and unprepared(cfg)
+        try:  # a prepared folder or a synthetic task: both know their vocabulary
+            setup = set_up(resolve_vocab(cfg, 1) if absent else cfg, "vocab" if absent else "train", device="meta")
+        except DataError as e:
+            raise ConfigError(f"arm {arm.name}: {e}") from None
+        flops_per_token, tokens_per_step = setup.model.flops_per_token(), setup.tokens_per_step
         steps[arm.name] = {}
         for value in spec.budget.values:
             c = resolve_arm(spec, arm, value)

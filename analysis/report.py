@@ -17,6 +17,7 @@ from analysis.results import Cell, cells as make_cells
 from analysis.spec import StudySpec
 from analysis.summary import entries_top, summarize
 from analysis.sweep import DIFFICULTY, WIDTH, Sweep, acc_table, find_sweep, is_synthetic
+from engine.setup import tokens_per_step
 
 BUDGET_WORDS = {"flops": "training FLOPs", "time_s": "seconds of training wall-clock (evaluation excluded)",
                 "tokens": "training tokens", "iters": "optimizer steps"}
@@ -298,7 +299,7 @@ def recipe_notes(top: list[Cell]) -> list[str]:
     for c in top:
         if c.runs:
             m, t = c.runs[0].config["model"], c.runs[0].config["train"]
-            steps[c.arm] = f"{t['batch_size'] * t['grad_accum'] * m['block_size']:,}"
+            steps[c.arm] = f"{tokens_per_step(t['batch_size'], t['grad_accum'], m['block_size']):,}"
             windows[c.arm] = f"{t.get('eval_batch_size') or t['batch_size']} x {t['eval_iters']} x {m['block_size']}"
     notes = []
     if len(set(steps.values())) > 1:
