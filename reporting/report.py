@@ -1,6 +1,6 @@
 """report.md and summary.json of a study, and the table printed at its end.
 
-Every number in report.md comes from the summary (analysis/summary.py), written beside it as
+Every number in report.md comes from the summary (reporting/summary.py), written beside it as
 summary.json. Everything is a function of the finished runs and the study file (no dates, cached
 samples), so rerunning a finished study rewrites the same bytes.
 """
@@ -10,14 +10,14 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from analysis.inference import Cache, draw_images, gpt2_reference, sample_text
-from analysis.plots import plot_by_position, plot_frontier, plot_sweep, write_curves
-from analysis.references import study_reference
-from analysis.results import Cell, cells as make_cells
-from analysis.spec import StudySpec
-from analysis.summary import entries_top, summarize
-from analysis.sweep import DIFFICULTY, WIDTH, Sweep, acc_table, find_sweep, is_synthetic
 from engine.setup import tokens_per_step
+from launch.spec import StudySpec
+from reporting.cells import Cell, cells as make_cells
+from reporting.inference import Cache, draw_images, gpt2_reference, sample_text
+from reporting.plots import plot_by_position, plot_frontier, plot_sweep, write_curves
+from reporting.references import study_reference
+from reporting.summary import entries_top, summarize
+from reporting.sweep import DIFFICULTY, WIDTH, Sweep, acc_table, find_sweep, is_synthetic
 
 BUDGET_WORDS = {"flops": "training FLOPs", "time_s": "seconds of training wall-clock (evaluation excluded)",
                 "tokens": "training tokens", "iters": "optimizer steps"}
@@ -251,7 +251,7 @@ def samples_section(top: list[Cell], spec: StudySpec, cache: Cache) -> list[str]
 def images_section(top: list[Cell], spec: StudySpec, out_dir: Path) -> list[str]:
     """One figure per image arm on the same prompt: what each token paints and what the CNN reads
     (python visualize.py draws the same for any run and text)."""
-    from analysis.images import NoImages
+    from reporting.images import NoImages
     lines = []
     for c in top:
         if not c.runs or is_synthetic(c):

@@ -13,10 +13,11 @@ import math
 
 import numpy as np
 
-from analysis.references import Reference
-from analysis.results import Cell, RunResult, read_jsonl
-from analysis.spec import StudySpec
-from analysis.stats import bootstrap_mean_ci, compute_multiplier, fit_power_law, standard_error
+from launch.results import RunResult, read_jsonl
+from launch.spec import StudySpec
+from reporting.cells import Cell
+from reporting.references import Reference
+from reporting.stats import bootstrap_mean_ci, compute_multiplier, fit_power_law, standard_error
 
 AXES = ("flops", "time_s", "tokens")  # the three meanings of equal compute
 STUCK = 0.05  # nats/token: a final loss this close to the unigram reference (or above it) learned nothing else

@@ -143,7 +143,7 @@ def study_reference(config: dict) -> Reference | None:
     """The references on the validation windows a run with this resolved config is scored on (its
     data, eval_iters, evaluation batch size and block_size); None for a synthetic task, which has no
     text and no train split to count."""
-    from analysis.spec import in_root
+    from launch.paths import in_root
     from data import SYNTHETIC_TASKS
     from data.loader import TokenDataset
     from data.tokenizer import load_tokenizer

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter  # noqa: E402
 
-from analysis.results import Cell, curve  # noqa: E402
+from reporting.cells import Cell, curve  # noqa: E402
 
 AXES = [  # (metrics key, x label, file name)
     ("flops", "training FLOPs", "val_loss_vs_flops.png"),

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from analysis.results import RunResult
-from analysis.spec import SampleSpec, in_root
+from launch.paths import in_root
+from launch.results import RunResult
+from launch.spec import SampleSpec
 
 
 class Cache:
@@ -64,10 +65,10 @@ def sample_text(run: RunResult, s: SampleSpec, cache: Cache) -> tuple[str, str]:
 
 def draw_images(run: RunResult, s: SampleSpec, out_dir: Path) -> list[Path]:
     """The run's painted and mixed images (and idea 2's attention) for the sample prompt, as PNG files in
-    out_dir (analysis/images.py); NoImages for a model that paints none. On the CPU, as sample_text."""
-    from analysis.images import render, token_images
+    out_dir (reporting/images.py); NoImages for a model that paints none. On the CPU, as sample_text."""
     from data.tokenizer import load_tokenizer
     from engine.checkpoint import load_for_inference
+    from reporting.images import render, token_images
 
     model, _, meta = load_for_inference(str(run.path), "cpu")
     tok = load_tokenizer(meta)
