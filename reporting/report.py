@@ -15,8 +15,8 @@ from launch.spec import StudySpec
 from reporting.cells import Cell, cells as make_cells
 from reporting.inference import Cache, draw_images, gpt2_reference, sample_text
 from reporting.plots import plot_by_position, plot_frontier, plot_sweep, write_curves
-from reporting.references import study_reference
-from reporting.summary import entries_top, summarize
+from reporting.references import Reference, study_reference
+from reporting.summary import ArmSummary, Summary, summarize, to_json
 from reporting.sweep import DIFFICULTY, WIDTH, Sweep, acc_table, find_sweep, is_synthetic
 
 BUDGET_WORDS = {"flops": "training FLOPs", "time_s": "seconds of training wall-clock (evaluation excluded)",
@@ -36,40 +36,35 @@ def table(rows: list[list[str]], header: list[str]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def role(name: str, arm: dict, base: str) -> str:
-    return "baseline" if name == base else "control" if arm["control"] else "subject"
-
-
-def results_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+def results_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     """The main table: every arm at the largest budget."""
     header = ["arm", "role", "lr", "seeds", "parameters", "FLOPs/token", "tokens seen", "train time (s)",
-              "val loss", "95% CI", "eval SE", "bits/byte", "minus bigram", f"Δ vs {summary['baseline']}",
+              "val loss", "95% CI", "eval SE", "bits/byte", "minus bigram", f"Δ vs {summary.baseline}",
               "Δ 95% CI", "loss, first quarter", "loss, last quarter", "tokens/s", "MFU"]
-    acc = any("val_acc" in entries_top(arm) for arm in summary["arms"].values())
-    recompute = any((arm.get("hardware_flops_per_token") or 0) > (arm["flops_per_token"] or 0)
-                    for arm in summary["arms"].values())
+    acc = any(arm.top.val_acc is not None for arm in summary.arms.values())
+    recompute = any((arm.hardware_flops_per_token or 0) > (arm.flops_per_token or 0) for arm in summary.arms.values())
     header += (["hardware FLOPs/token"] if recompute else []) + (["val acc"] if acc else [])
     rows = []
-    for name, arm in summary["arms"].items():
-        e = entries_top(arm)
-        lr = na(e["lr"], lambda v: f"{v:g}") + (" (edge)" if e["lr_at_edge"] else "")
-        rows.append([name, role(name, arm, summary["baseline"]), lr, str(len(e["seeds"])),
-                     na(arm["parameters"], lambda v: f"{v:,}"), na(arm["flops_per_token"], lambda v: f"{v:.4g}"),
-                     na(e.get("tokens"), lambda v: f"{round(v):,}"), na(e.get("time_s"), lambda v: f"{v:.1f}"),
-                     na(e["val_loss"]), ci(e.get("val_loss_ci95")), na(e.get("eval_se")),
-                     na(e.get("bits_per_byte")), na(e.get("margin_to_bigram"), lambda v: f"{v:+.3f}"),
-                     na(e.get("delta_vs_baseline"), lambda v: f"{v:+.3f}"), ci(e.get("delta_vs_baseline_ci95")),
-                     na(e.get("loss_first_quarter")), na(e.get("loss_last_quarter")),
-                     na(arm["tokens_per_s"], lambda v: f"{v:.4g}"), na(arm["mfu"], lambda v: f"{100 * v:.1f}%")]
-                    + ([na(arm.get("hardware_flops_per_token"), lambda v: f"{v:.4g}")] if recompute else [])
-                    + ([na(e.get("val_acc"))] if acc else []))
+    for name, arm in summary.arms.items():
+        e = arm.top
+        lr = na(e.lr, lambda v: f"{v:g}") + (" (edge)" if e.lr_at_edge else "")
+        rows.append([name, arm.role(name, summary.baseline), lr, str(len(e.seeds)),
+                     na(arm.parameters, lambda v: f"{v:,}"), na(arm.flops_per_token, lambda v: f"{v:.4g}"),
+                     na(e.tokens, lambda v: f"{round(v):,}"), na(e.time_s, lambda v: f"{v:.1f}"),
+                     na(e.val_loss), ci(e.val_loss_ci95), na(e.eval_se),
+                     na(e.bits_per_byte), na(e.margin_to_bigram, lambda v: f"{v:+.3f}"),
+                     na(e.delta_vs_baseline, lambda v: f"{v:+.3f}"), ci(e.delta_vs_baseline_ci95),
+                     na(e.loss_first_quarter), na(e.loss_last_quarter),
+                     na(arm.tokens_per_s, lambda v: f"{v:.4g}"), na(arm.mfu, lambda v: f"{100 * v:.1f}%")]
+                    + ([na(arm.hardware_flops_per_token, lambda v: f"{v:.4g}")] if recompute else [])
+                    + ([na(e.val_acc)] if acc else []))
     return header, rows
 
 
-def results_section(summary: dict, spec: StudySpec, gpt2: tuple[dict | None, str]) -> list[str]:
+def results_section(summary: Summary, spec: StudySpec, gpt2: tuple[dict | None, str]) -> list[str]:
     header, rows = results_rows(summary)
-    top = summary["budgets"][-1]
-    lines = [f"## Results at the largest budget ({top:g} {BUDGET_WORDS[summary['budget_kind']]})", ""]
+    top = summary.budgets[-1]
+    lines = [f"## Results at the largest budget ({top:g} {BUDGET_WORDS[summary.budget_kind]})", ""]
     lines += table(rows, header) + [""]
     lines.append("Means over the reported seeds. The 95% intervals are percentile bootstraps over seeds and "
                  "evaluation windows (every arm is scored on the same windows, and seed s gives every arm the same "
@@ -86,66 +81,67 @@ def results_section(summary: dict, spec: StudySpec, gpt2: tuple[dict | None, str
     return lines + [""]
 
 
-def references_section(refs: dict | None, vocab: int | None) -> list[str]:
+def references_section(refs: Reference | None, vocab: int | None) -> list[str]:
     if refs is None:
         return []
-    rows = [[name, f"{refs[name]:.4f}", na(refs.get(f"{name}_bits_per_byte"))]
-            for name in ("uniform", "unigram", "bigram")]
+    rows = [[name, f"{value:.4f}", na(bits)] for name, value, bits in [
+        ("uniform", refs.uniform, refs.uniform_bits_per_byte), ("unigram", refs.unigram, refs.unigram_bits_per_byte),
+        ("bigram", refs.bigram, refs.bigram_bits_per_byte)]]
     return ["## References", "",
-            f"Cross-entropy of simple models on exactly the validation windows the arms are scored on ({refs['tokens']:,} "
-            f"tokens, {refs['bytes']:,} bytes of text): a uniform guess over the {vocab} ids (ln V), the unigram "
+            f"Cross-entropy of simple models on exactly the validation windows the arms are scored on ({refs.tokens:,} "
+            f"tokens, {refs.bytes:,} bytes of text): a uniform guess over the {vocab} ids (ln V), the unigram "
             "model of the train split (add-one smoothing) and its bigram model (interpolated Witten-Bell). A model "
             "at the unigram level has learned nothing about mixing tokens; one above the bigram uses at most the "
             "previous token.", ""] + table(rows, ["reference", "nats/token", "bits/byte"]) + [""]
 
 
-def verdict_section(summary: dict) -> list[str]:
+def verdict_section(summary: Summary) -> list[str]:
     """One sentence per subject arm where the interval of its difference to the baseline excludes zero."""
-    base, kind = summary["baseline"], summary["budget_kind"]
+    base, kind = summary.baseline, summary.budget_kind
     lines = ["## Verdict", ""]
-    for name, arm in summary["arms"].items():
-        if name == base or arm["control"]:
+    for name, arm in summary.arms.items():
+        if name == base or arm.control:
             continue
-        e = entries_top(arm)
-        interval = e.get("delta_vs_baseline_ci95")
+        e = arm.top
+        interval = e.delta_vs_baseline_ci95
         if interval is None or interval[0] <= 0 <= interval[1]:
             lines.append(f"- {name}: no claim: the 95% interval of its difference to {base} "
                          f"({ci(interval)}) includes zero or is missing.")
             continue
-        word = "worse" if e["delta_vs_baseline"] > 0 else "better"
-        m = arm["compute_multiplier"] or []
-        mixing = mixing_clause(name, arm, e)
+        word = "worse" if e.delta_vs_baseline > 0 else "better"
+        m = arm.compute_multiplier or []
+        mixing = mixing_clause(arm)
         trend = ""
         if len(m) >= 2 and m[0] and m[-1]:
             trend = (f"; the compute multiplier goes from {m[0]:.3g} to {m[-1]:.3g} over the budgets, so the gap "
                      f"{'widens' if m[-1] < m[0] else 'closes'} with compute" if abs(m[-1] / m[0] - 1) > 0.1
                      else "; the compute multiplier stays about constant over the budgets")
-        lines.append(f"- {name} is {word} than {base} at {e['budget']:g} {BUDGET_WORDS[kind]} by "
-                     f"{abs(e['delta_vs_baseline']):.3f} nats/token (95% CI {ci(interval)}){trend}.{mixing}")
+        lines.append(f"- {name} is {word} than {base} at {e.budget:g} {BUDGET_WORDS[kind]} by "
+                     f"{abs(e.delta_vs_baseline):.3f} nats/token (95% CI {ci(interval)}){trend}.{mixing}")
     return lines + [""]
 
 
-def mixing_clause(name: str, arm: dict, e: dict) -> str:
+def mixing_clause(arm: ArmSummary) -> str:
     """What the arm's token mixer adds against the same block without mixing, where the study has it."""
-    interval = e.get("delta_vs_mixing_ci95")
-    if not arm.get("mixing") or interval is None:
+    interval = arm.top.delta_vs_mixing_ci95
+    if not arm.mixing or interval is None:
         return ""
-    d = e["delta_vs_mixing"]
+    d = arm.top.delta_vs_mixing
     if interval[0] <= 0 <= interval[1]:
-        return (f" Its mixer adds nothing measurable over the same block without mixing ({arm['mixing']}: "
+        return (f" Its mixer adds nothing measurable over the same block without mixing ({arm.mixing}: "
                 f"{d:+.3f} nats/token, 95% CI {ci(interval)}).")
-    return (f" Against the same block without mixing ({arm['mixing']}) its mixer {'helps' if d < 0 else 'hurts'} by "
+    return (f" Against the same block without mixing ({arm.mixing}) its mixer {'helps' if d < 0 else 'hurts'} by "
             f"{abs(d):.3f} nats/token (95% CI {ci(interval)}).")
 
 
-def scaling_section(summary: dict) -> list[str]:
-    budgets = summary["budgets"]
+def scaling_section(summary: Summary) -> list[str]:
+    budgets = summary.budgets
     rows = []
-    for name, arm in summary["arms"].items():
-        by_budget = {e["budget"]: e for e in arm["budgets"]}
-        losses = [na(by_budget[b]["val_loss"]) for b in budgets]
-        fit = (arm["power_law"] or {}).get("flops")
-        mult = arm["compute_multiplier_by_axis"] or {}
+    for name, arm in summary.arms.items():
+        by_budget = {e.budget: e for e in arm.budgets}
+        losses = [na(by_budget[b].val_loss) for b in budgets]
+        fit = (arm.power_law or {}).get("flops")
+        mult = arm.compute_multiplier_by_axis or {}
         cells = [" / ".join(na(v, lambda x: f"{x:.3g}") for v in mult.get(axis, [None] * len(budgets)))
                  if mult else "baseline" for axis in ("flops", "time_s", "tokens")]
         rows.append([name, *losses, na(fit[1] if fit else None, lambda v: f"{v:.3f}"), *cells])
@@ -154,24 +150,22 @@ def scaling_section(summary: dict) -> list[str]:
     return ["## Loss against compute", "",
             "Final validation loss at each budget (mean over seeds), the exponent b of a power law L = a C^-b fitted "
             "to it, and the compute multiplier: how many times the arm's compute (FLOPs, wall-clock or tokens) the "
-            f"baseline ({summary['baseline']}) needs to reach the arm's loss, read off the baseline's own power law. "
+            f"baseline ({summary.baseline}) needs to reach the arm's loss, read off the baseline's own power law. "
             "Below 1 the baseline is more efficient; a multiplier that falls with the budget means the gap widens "
             "with compute. Outside the baseline's measured losses the law is extrapolated.", ""] + table(rows, header) + [
             "", "![frontier.png](frontier.png)", ""]
 
 
-def health_section(summary: dict) -> list[str]:
+def health_section(summary: Summary) -> list[str]:
     rows = []
-    for name, arm in summary["arms"].items():
-        e = entries_top(arm)
-        share = arm.get("front_gradient_share")
-        rows.append([name, na(e.get("margin_to_bigram"), lambda v: f"{v:+.3f}"),
-                     (na(e.get("delta_vs_front"), lambda v: f"{v:+.3f}") + " " + ci(e.get("delta_vs_front_ci95")))
-                     if arm["front"] else "—",
-                     na(e.get("front_equal_tokens"), lambda v: f"{v:+.3f}") if arm["front"] else "—",
-                     (na(e.get("delta_vs_mixing"), lambda v: f"{v:+.3f}") + " " + ci(e.get("delta_vs_mixing_ci95")))
-                     if arm.get("mixing") else "—",
-                     f"{share[0]:.3f} → {share[1]:.3f}" if share else "n/a", "; ".join(arm["health"]) or "ok"])
+    for name, arm in summary.arms.items():
+        e, share = arm.top, arm.front_gradient_share
+        rows.append([name, na(e.margin_to_bigram, lambda v: f"{v:+.3f}"),
+                     (na(e.delta_vs_front, lambda v: f"{v:+.3f}") + " " + ci(e.delta_vs_front_ci95)) if arm.front else "—",
+                     na(e.front_equal_tokens, lambda v: f"{v:+.3f}") if arm.front else "—",
+                     (na(e.delta_vs_mixing, lambda v: f"{v:+.3f}") + " " + ci(e.delta_vs_mixing_ci95))
+                     if arm.mixing else "—",
+                     f"{share[0]:.3f} → {share[1]:.3f}" if share else "n/a", "; ".join(arm.health) or "ok"])
     return ["## Training health", "",
             "An arm that sits at the unigram level, or that is worse than its own front (the same embedding and "
             "warm-up without the image stage) at equal tokens, shows a defect before it shows a result; worse at "
@@ -347,19 +341,19 @@ def write_report(spec: StudySpec, text: str, models: dict[str, str], out_dir: Pa
             gpt2 = (None, f"failed: {type(e).__name__}: {e}")
     vocab = int(first.config["model"]["vocab_size"]) if first is not None else None
     sweep = find_sweep(top)
-    curves = write_curves(top, vocab, summary["references"], spec.name, out_dir, acc=sweep is not None)
+    curves = write_curves(top, vocab, summary.references, spec.name, out_dir, acc=sweep is not None)
     plot_frontier(summary, vocab, out_dir / "frontier.png")
-    plot_by_position(summary, summary["references"], out_dir / "loss_by_position.png")
+    plot_by_position(summary, out_dir / "loss_by_position.png")
     lines = [f"# Study {spec.name}", ""] + ([spec.description, ""] if spec.description else [])
     lines += [budget_line(spec), ""] + (["## Notes", "", spec.notes.strip(), ""] if spec.notes else [])
-    lines += references_section(summary["references"], vocab) + results_section(summary, spec, gpt2)
+    lines += references_section(summary.references, vocab) + results_section(summary, spec, gpt2)
     lines += recipe_notes(top) + verdict_section(summary) + scaling_section(summary) + health_section(summary)
     lines += lr_section(cells, spec) + (accuracy_section(sweep, spec.name, out_dir) if sweep is not None else [])
     lines += ["## Curves", ""] + [f"![{p}]({p})" for p in [*curves, "loss_by_position.png"]] + [""]
     lines += samples_section(top, spec, cache) + images_section(top, spec, out_dir) + environment_section(top)
     lines += ["## Study file", "", "```toml", text.rstrip("\n"), "```", ""]
     (out_dir / "study.toml").write_text(text)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(to_json(summary), indent=1) + "\n")
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     header, rows = results_rows(summary)

@@ -1,15 +1,21 @@
-"""Every figure of a study in one dict (written as summary.json), from which report.md is rendered, so
-the two cannot disagree.
+"""Every figure of a study in one typed summary (written as summary.json), from which report.md is
+rendered, so the two cannot disagree.
 
 Per arm and budget: the final validation loss over the reported seeds with a 95% interval (bootstrap
 over seeds and evaluation windows), its evaluation noise (standard error over windows), bits per
 byte, the margin to the bigram reference, the paired difference to the baseline with its interval
 (same seed = same data order and evaluation windows in both arms), the loss early and late in the
 window (context use), and the compute multiplier on three axes (training FLOPs, wall-clock, tokens).
+
+summary.json is `to_json(summary)`: dataclasses.asdict, but for the figures an entry could not compute
+(no evaluation windows, no references, no arm to compare with), which it leaves out instead of writing
+null; a reader tells "not computed" from "computed, but undefined" by the key.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +27,102 @@ from reporting.stats import bootstrap_mean_ci, compute_multiplier, fit_power_law
 
 AXES = ("flops", "time_s", "tokens")  # the three meanings of equal compute
 STUCK = 0.05  # nats/token: a final loss this close to the unigram reference (or above it) learned nothing else
+IF_COMPUTED = {"written": lambda entry, value: value is not None}
+
+
+def figure() -> Any:
+    """A figure written to summary.json only where it was computed."""
+    return field(default=None, metadata=IF_COMPUTED)
+
+
+@dataclass
+class BudgetEntry:
+    """One arm at one budget, over its reported seeds."""
+    budget: float
+    lr: float | None = None
+    lr_at_edge: bool = False
+    seeds: list[int] = field(default_factory=list)
+    flops: float | None = None
+    time_s: float | None = None
+    tokens: float | None = None
+    val_loss: float | None = None
+    val_loss_ci95: list[float] | None = figure()
+    eval_se: float | None = figure()
+    bits_per_byte: float | None = figure()
+    margin_to_bigram: float | None = figure()
+    delta_vs_baseline: float | None = figure()
+    delta_vs_baseline_ci95: list[float] | None = figure()
+    delta_vs_front: float | None = figure()
+    delta_vs_front_ci95: list[float] | None = figure()
+    delta_vs_mixing: float | None = figure()
+    delta_vs_mixing_ci95: list[float] | None = figure()
+    loss_first_quarter: float | None = figure()
+    loss_last_quarter: float | None = figure()
+    val_acc: float | None = figure()
+    # at the largest budget of an arm with a front: its loss minus the front's at equal tokens (null outside
+    # the front's range of tokens)
+    front_equal_tokens: float | None = field(default=None, metadata={"written": lambda e, _: e.compared_to_front})
+    compared_to_front: bool = field(default=False, metadata={"written": lambda *_: False})
+
+
+@dataclass
+class ArmSummary:
+    model: str | None
+    control: bool
+    front: str | None
+    mixing: str | None
+    lr_grid: list[float]
+    lr: float | None                   # at the largest budget
+    lr_at_edge: bool
+    budgets: list[BudgetEntry]         # by FLOPs (else budget)
+    loss_by_position: list[float] | None
+    compute_multiplier: list[float | None] | None                      # FLOPs, by budget; None: the baseline
+    compute_multiplier_by_axis: dict[str, list[float | None]] | None   # {axis: by budget}
+    power_law: dict[str, list[float] | None]                           # {axis: [a, b] of L = a C^-b}
+    parameters: int | None
+    flops_per_token: float | None
+    hardware_flops_per_token: float | None
+    tokens_per_s: float | None
+    mfu: float | None
+    peak_memory_bytes: int | None
+    front_gradient_share: list[float] | None
+    health: list[str] = field(default_factory=list)
+
+    @property
+    def top(self) -> BudgetEntry:
+        """The entry at the largest budget."""
+        return max(self.budgets, key=lambda e: e.budget)
+
+    def role(self, name: str, baseline: str) -> str:
+        return "baseline" if name == baseline else "control" if self.control else "subject"
+
+
+@dataclass
+class Summary:
+    study: str
+    budget_kind: str
+    budgets: list[float]
+    seeds: list[int]
+    tune_seeds: list[int]
+    baseline: str
+    references: Reference | None
+    arms: dict[str, ArmSummary]
+
+
+def to_json(value: Any) -> Any:
+    """dataclasses.asdict, leaving out the fields whose metadata says they are not written."""
+    if is_dataclass(value):
+        out = {}
+        for f in fields(value):
+            item = getattr(value, f.name)
+            if f.metadata.get("written", lambda *_: True)(value, item):
+                out[f.name] = to_json(item)
+        return out
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    return value
 
 
 def paired(cell: Cell, base: Cell) -> np.ndarray | None:
@@ -33,50 +135,57 @@ def paired(cell: Cell, base: Cell) -> np.ndarray | None:
     return (a[rows[0]] - b[rows[1]]) if seeds else None
 
 
-def budget_entry(cell: Cell, ref: Reference | None, **others: Cell | None) -> dict:
-    """The figures of one arm at one budget (see the module docstring); others: {name: the cell of the
-    arm it is compared with at the same budget}, each giving delta_vs_<name> and its interval."""
-    entry = {"budget": cell.budget, "lr": cell.lr, "lr_at_edge": cell.at_edge, "seeds": [r.seed for r in cell.runs],
-             **{axis: cell.mean(axis) for axis in AXES}, "val_loss": None}
-    windows = cell.windows()
+def delta(cell: Cell, other: Cell | None) -> tuple[float | None, list[float] | None]:
+    """(mean paired difference cell - other, its 95% interval), or (None, None) without both."""
+    d = paired(cell, other) if other is not None and other is not cell else None
+    if d is None:
+        return None, None
+    mean, lo, hi = bootstrap_mean_ci(d)
+    return mean, [lo, hi]
+
+
+def budget_entry(cell: Cell, ref: Reference | None, baseline: Cell | None = None, front: Cell | None = None,
+                 mixing: Cell | None = None) -> BudgetEntry:
+    """The figures of one arm at one budget (see the module docstring), with its paired differences to
+    the cells of the arms it is compared with at the same budget."""
+    e = BudgetEntry(cell.budget, cell.lr, cell.at_edge, [r.seed for r in cell.runs],
+                    *(cell.mean(axis) for axis in AXES))
     if not cell.runs:
-        return entry
-    entry["val_loss"] = float(np.mean(cell.finals))
+        return e
+    e.val_loss = float(np.mean(cell.finals))
+    windows = cell.windows()
     if windows is not None:
-        mean, lo, hi = bootstrap_mean_ci(windows)
-        entry.update(val_loss_ci95=[lo, hi], eval_se=float(np.mean([standard_error(w) for w in windows])))
+        _, lo, hi = bootstrap_mean_ci(windows)
+        e.val_loss_ci95, e.eval_se = [lo, hi], float(np.mean([standard_error(w) for w in windows]))
     if ref is not None:
-        entry.update(bits_per_byte=ref.bits_per_byte(entry["val_loss"]), margin_to_bigram=entry["val_loss"] - ref.bigram)
-    for name, other in others.items():
-        d = paired(cell, other) if other is not None and other is not cell else None
-        if d is not None:
-            mean, lo, hi = bootstrap_mean_ci(d)
-            entry[f"delta_vs_{name}"], entry[f"delta_vs_{name}_ci95"] = mean, [lo, hi]
+        e.bits_per_byte, e.margin_to_bigram = ref.bits_per_byte(e.val_loss), e.val_loss - ref.bigram
+    e.delta_vs_baseline, e.delta_vs_baseline_ci95 = delta(cell, baseline)
+    e.delta_vs_front, e.delta_vs_front_ci95 = delta(cell, front)
+    e.delta_vs_mixing, e.delta_vs_mixing_ci95 = delta(cell, mixing)
     by_position = cell.by_position()
     if by_position is not None:
         q = max(1, len(by_position) // 4)
-        entry["loss_first_quarter"], entry["loss_last_quarter"] = float(by_position[:q].mean()), float(
-            by_position[-q:].mean())
+        e.loss_first_quarter, e.loss_last_quarter = float(by_position[:q].mean()), float(by_position[-q:].mean())
     if cell.accs:
-        entry["val_acc"] = float(np.mean(cell.accs))
-    return entry
+        e.val_acc = float(np.mean(cell.accs))
+    return e
 
 
-def multipliers(arm_entries: list[dict], base_entries: list[dict]) -> tuple[dict, dict]:
+def multipliers(arm_entries: list[BudgetEntry], base_entries: list[BudgetEntry]) -> tuple[dict, dict]:
     """({axis: [multiplier per budget]}, {axis: [a, b] of the arm's own power law}) on each axis. The
     multiplier says how many times the arm's compute the baseline needs for the arm's loss (its power
     law, fitted on its budgets): < 1 means the baseline is more efficient. None where it cannot be
     computed (under two baseline points, or the arm lacks the axis)."""
     out, fits = {}, {}
     for axis in AXES:
-        bx = [(e[axis], e["val_loss"]) for e in base_entries if e.get(axis) and e.get("val_loss")]
-        ax = [(e[axis], e["val_loss"]) for e in arm_entries if e.get(axis) and e.get("val_loss")]
+        bx = [(getattr(e, axis), e.val_loss) for e in base_entries if getattr(e, axis) and e.val_loss]
+        ax = [(getattr(e, axis), e.val_loss) for e in arm_entries if getattr(e, axis) and e.val_loss]
         fits[axis] = list(fit_power_law(*map(np.asarray, zip(*ax)))) if len(ax) >= 2 else None
         if len(bx) < 2:
             out[axis] = [None for _ in arm_entries]
             continue
         base_fit = fit_power_law(*map(np.asarray, zip(*bx)))
-        out[axis] = [compute_multiplier(e[axis], e["val_loss"], base_fit) if e.get(axis) and e.get("val_loss")
+        out[axis] = [compute_multiplier(getattr(e, axis), e.val_loss, base_fit) if getattr(e, axis) and e.val_loss
                      else None for e in arm_entries]
     return out, fits
 
@@ -92,77 +201,76 @@ def front_gradient_share(run: RunResult) -> list[float] | None:
     return [share[0], share[-1]]
 
 
-def at_equal_tokens(entry: dict, front_entries: list[dict]) -> float | None:
+def at_equal_tokens(entry: BudgetEntry, front_entries: list[BudgetEntry]) -> float | None:
     """The arm's loss minus its front's at the arm's own token count, the front's final losses over its
     budgets interpolated linearly in log tokens; None outside the front's range. At equal FLOPs an image
     arm sees several times fewer tokens than its front: this separates what its block does per token
     (a defect if it hurts) from what it costs."""
-    points = sorted((e["tokens"], e["val_loss"]) for e in front_entries if e.get("tokens") and e.get("val_loss"))
-    x = entry.get("tokens")
-    if len(points) < 2 or not x or entry.get("val_loss") is None or not points[0][0] <= x <= points[-1][0]:
+    points = sorted((e.tokens, e.val_loss) for e in front_entries if e.tokens and e.val_loss)
+    x = entry.tokens
+    if len(points) < 2 or not x or entry.val_loss is None or not points[0][0] <= x <= points[-1][0]:
         return None
     xs, ys = zip(*points)
-    return entry["val_loss"] - float(np.interp(math.log(x), np.log(xs), ys))
+    return entry.val_loss - float(np.interp(math.log(x), np.log(xs), ys))
 
 
-def health(name: str, top: dict, front_top: dict | None, ref: Reference | None) -> list[str]:
+def health(top: BudgetEntry, front_top: BudgetEntry | None, ref: Reference | None) -> list[str]:
     """Flags for an arm at the largest budget: stuck at the unigram level while its front passes the
     bigram; worse than its own front alone at equal tokens (what the block does per token: a defect to
     look for) by more than twice the evaluation noise; worse at equal FLOPs (interval above zero: the
     block costs more than it adds)."""
     flags = []
-    loss = top.get("val_loss")
-    if loss is None:
+    if top.val_loss is None:
         return ["no finished run"]
-    if ref is not None and loss >= ref.unigram - STUCK:
-        front_ok = front_top is not None and (front_top.get("val_loss") or math.inf) < ref.bigram
+    if ref is not None and top.val_loss >= ref.unigram - STUCK:
+        front_ok = front_top is not None and (front_top.val_loss or math.inf) < ref.bigram
         flags.append("stuck at the unigram level" + (" while its front passes the bigram" if front_ok else ""))
-    per_token = top.get("front_equal_tokens")
-    if per_token is not None and per_token > 2 * (top.get("eval_se") or 0):
+    per_token = top.front_equal_tokens
+    if per_token is not None and per_token > 2 * (top.eval_se or 0):
         flags.append(f"worse than its own front at equal tokens by {per_token:.3f} nats/token")
-    ci = top.get("delta_vs_front_ci95")
+    ci = top.delta_vs_front_ci95
     if ci is not None and ci[0] > 0:
-        flags.append(f"worse than its own front at equal FLOPs by {top['delta_vs_front']:.3f} nats/token (95% CI "
+        flags.append(f"worse than its own front at equal FLOPs by {top.delta_vs_front:.3f} nats/token (95% CI "
                      f"{ci[0]:.3f} to {ci[1]:.3f})")
     return flags
 
 
-def summarize(spec: StudySpec, cells: dict[tuple[str, float], Cell], models: dict[str, str], base: str,
-              ref: Reference | None) -> dict:
+def arm_summary(spec: StudySpec, name: str, cells: dict[tuple[str, float], Cell], model: str | None,
+                entries: list[BudgetEntry], base_entries: list[BudgetEntry], base: str) -> ArmSummary:
+    """An arm over its budgets: the entries, its lr grid, multipliers, power laws and efficiency figures."""
     budgets = spec.budget.values
-    arms = {}
+    arm = next(a for a in spec.arms if a.name == name)
+    mult, fits = multipliers(entries, base_entries)
+    top = cells[(name, budgets[-1])]
+    grid = sorted({g.lr for b in budgets for g in cells[(name, b)].grid})
+    by_position = top.by_position()
+    return ArmSummary(
+        model=model, control=arm.control, front=arm.front or None, mixing=arm.mixing or None,
+        lr_grid=grid or [top.lr], lr=top.lr, lr_at_edge=top.at_edge,
+        budgets=sorted(entries, key=lambda e: e.flops or e.budget),
+        loss_by_position=by_position.tolist() if by_position is not None else None,
+        compute_multiplier=None if name == base else mult["flops"],
+        compute_multiplier_by_axis=None if name == base else mult, power_law=fits,
+        parameters=top.first("parameters"), flops_per_token=top.first("flops_per_token"),
+        hardware_flops_per_token=top.first("hardware_flops_per_token"),
+        tokens_per_s=top.mean("tokens_per_s"), mfu=top.mean("mfu"),
+        peak_memory_bytes=max((r.result.get("peak_memory_bytes") or 0 for r in top.runs), default=None),
+        front_gradient_share=front_gradient_share(top.runs[0]) if top.runs else None)
+
+
+def summarize(spec: StudySpec, cells: dict[tuple[str, float], Cell], models: dict[str, str], base: str,
+              ref: Reference | None) -> Summary:
+    budgets = spec.budget.values
     base_entries = [budget_entry(cells[(base, b)], ref) for b in budgets]
+    arms = {}
     for arm in spec.arms:
         entries = [budget_entry(cells[(arm.name, b)], ref, baseline=cells[(base, b)],
                                 front=cells[(arm.front, b)] if arm.front else None,
                                 mixing=cells[(arm.mixing, b)] if arm.mixing else None) for b in budgets]
-        mult, fits = multipliers(entries, base_entries)
-        top_cell = cells[(arm.name, budgets[-1])]
-        grid = sorted({g.lr for b in budgets for g in cells[(arm.name, b)].grid})
-        arms[arm.name] = {
-            "model": models.get(arm.name), "control": arm.control, "front": arm.front or None,
-            "mixing": arm.mixing or None,
-            "lr_grid": grid or [top_cell.lr], "lr": top_cell.lr, "lr_at_edge": top_cell.at_edge,
-            "budgets": sorted(entries, key=lambda e: e.get("flops") or e["budget"]),
-            "loss_by_position": (bp.tolist() if (bp := top_cell.by_position()) is not None else None),
-            "compute_multiplier": None if arm.name == base else mult["flops"],
-            "compute_multiplier_by_axis": None if arm.name == base else mult, "power_law": fits,
-            "parameters": top_cell.first("parameters"), "flops_per_token": top_cell.first("flops_per_token"),
-            "hardware_flops_per_token": top_cell.first("hardware_flops_per_token"),
-            "tokens_per_s": top_cell.mean("tokens_per_s"), "mfu": top_cell.mean("mfu"),
-            "peak_memory_bytes": max((r.result.get("peak_memory_bytes") or 0 for r in top_cell.runs), default=None),
-            "front_gradient_share": front_gradient_share(top_cell.runs[0]) if top_cell.runs else None,
-        }
-    for arm in spec.arms:
-        top, front_top = entries_top(arms[arm.name]), entries_top(arms[arm.front]) if arm.front else None
+        arms[arm.name] = arm_summary(spec, arm.name, cells, models.get(arm.name), entries, base_entries, base)
+    for arm in spec.arms:  # the front's own entries are complete only now
+        top, front_top = arms[arm.name].top, arms[arm.front].top if arm.front else None
         if arm.front:
-            top["front_equal_tokens"] = at_equal_tokens(top, arms[arm.front]["budgets"])
-        arms[arm.name]["health"] = health(arm.name, top, front_top, ref)
-    return {"study": spec.name, "budget_kind": spec.budget.kind, "budgets": budgets, "seeds": spec.seeds,
-            "tune_seeds": spec.tune_seeds, "baseline": base,
-            "references": ref.as_dict() if ref is not None else None, "arms": arms}
-
-
-def entries_top(arm: dict) -> dict:
-    """An arm's entry at the largest budget."""
-    return max(arm["budgets"], key=lambda e: e["budget"])
+            top.front_equal_tokens, top.compared_to_front = at_equal_tokens(top, arms[arm.front].budgets), True
+        arms[arm.name].health = health(top, front_top, ref)
+    return Summary(spec.name, spec.budget.kind, budgets, spec.seeds, spec.tune_seeds, base, ref, arms)

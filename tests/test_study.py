@@ -254,26 +254,34 @@ def test_no_verdict_where_the_interval_includes_zero(tmp_path):
 
 def test_health_flags_an_arm_stuck_at_the_unigram_while_its_front_passes_the_bigram():
     from reporting.references import Reference
-    from reporting.summary import health
+    from reporting.summary import BudgetEntry, health
     ref = Reference(uniform=6.5, unigram=3.2, bigram=2.5, tokens=100, bytes=100)
-    stuck = {"val_loss": 3.18}
-    assert health("idea1", stuck, {"val_loss": 2.1}, ref) == [
+    front = BudgetEntry(1.0, val_loss=2.1)
+    assert health(BudgetEntry(1.0, val_loss=3.18), front, ref) == [
         "stuck at the unigram level while its front passes the bigram"]
-    assert health("idea1", {"val_loss": 2.4}, {"val_loss": 2.1}, ref) == []
-    worse = {"val_loss": 2.4, "delta_vs_front": 0.3, "delta_vs_front_ci95": [0.2, 0.4], "eval_se": 0.02}
-    assert health("idea1", worse, {"val_loss": 2.1}, ref) == [
+    assert health(BudgetEntry(1.0, val_loss=2.4), front, ref) == []
+    worse = dict(val_loss=2.4, delta_vs_front=0.3, delta_vs_front_ci95=[0.2, 0.4], eval_se=0.02)
+    assert health(BudgetEntry(1.0, **worse), front, ref) == [
         "worse than its own front at equal FLOPs by 0.300 nats/token (95% CI 0.200 to 0.400)"]
-    per_token = {**worse, "front_equal_tokens": 0.05}  # beyond twice the evaluation noise: flagged
-    assert health("idea1", per_token, {"val_loss": 2.1}, ref)[0] == (
-        "worse than its own front at equal tokens by 0.050 nats/token")
-    assert len(health("idea1", {**worse, "front_equal_tokens": 0.03}, {"val_loss": 2.1}, ref)) == 1  # within noise
+    per_token = BudgetEntry(1.0, **worse, front_equal_tokens=0.05)  # beyond twice the evaluation noise: flagged
+    assert health(per_token, front, ref)[0] == "worse than its own front at equal tokens by 0.050 nats/token"
+    assert len(health(BudgetEntry(1.0, **worse, front_equal_tokens=0.03), front, ref)) == 1  # within noise
 
 
 def test_the_front_at_equal_tokens_is_read_off_its_budgets():
-    from reporting.summary import at_equal_tokens
-    front = [{"tokens": 1e4, "val_loss": 3.0}, {"tokens": 1e6, "val_loss": 2.0}]
-    assert at_equal_tokens({"tokens": 1e5, "val_loss": 2.6}, front) == pytest.approx(0.1)  # midway in log tokens
-    assert at_equal_tokens({"tokens": 1e7, "val_loss": 2.6}, front) is None  # outside the front's range
+    from reporting.summary import BudgetEntry, at_equal_tokens
+    front = [BudgetEntry(1.0, tokens=1e4, val_loss=3.0), BudgetEntry(2.0, tokens=1e6, val_loss=2.0)]
+    assert at_equal_tokens(BudgetEntry(1.0, tokens=1e5, val_loss=2.6), front) == pytest.approx(0.1)  # midway
+    assert at_equal_tokens(BudgetEntry(1.0, tokens=1e7, val_loss=2.6), front) is None  # outside the front's range
+
+
+def test_summary_json_leaves_out_what_was_not_computed():
+    """A figure an entry could not compute has no key; one computed as undefined is null."""
+    from reporting.summary import BudgetEntry, to_json
+    assert to_json(BudgetEntry(1.0)) == {"budget": 1.0, "lr": None, "lr_at_edge": False, "seeds": [], "flops": None,
+                                         "time_s": None, "tokens": None, "val_loss": None}
+    compared = to_json(BudgetEntry(1.0, eval_se=0.1, compared_to_front=True))
+    assert list(compared)[-2:] == ["eval_se", "front_equal_tokens"] and compared["front_equal_tokens"] is None
 
 
 # ------------------------------------------------------------------ a whole study, end to end
