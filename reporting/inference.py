@@ -1,9 +1,9 @@
 """The report's model outputs: a decoded sample per arm, each image arm's token images, and the
 pretrained GPT-2 reference loss.
 
-Both are cached in OUT/cache.json under a key made of everything they depend on (the checkpoint's
-sha256, the sampling settings, the evaluation windows), so rerunning a finished study neither
-recomputes them nor changes a character of the report.
+Samples and the GPT-2 loss are cached in OUT/cache.json under a key made of everything they depend on
+(the checkpoint's sha256, the sampling settings, the evaluation windows), so rerunning a finished study
+neither recomputes them nor changes a character of the report.
 """
 from __future__ import annotations
 
@@ -12,9 +12,15 @@ from pathlib import Path
 
 import torch
 
+from engine.checkpoint import CheckpointError
 from launch.paths import in_root
 from launch.results import RunResult
 from launch.spec import SampleSpec
+
+
+# What a finished run's model outputs can meet: no (valid) checkpoint, data or meta.json that cannot be read,
+# a prompt its tokenizer cannot encode (DataError and ConfigError are ValueErrors); the report says which
+OUTPUT_ERRORS = (CheckpointError, OSError, ValueError)
 
 
 class Cache:
@@ -89,7 +95,15 @@ def load_gpt2_quietly() -> tuple[object | None, str]:
 
 def gpt2_reference(run: RunResult, cache: Cache) -> tuple[dict | None, str]:
     """Pretrained GPT-2 (124M) scored on exactly the validation windows train.py scores this run on
-    (its seed, batch size, eval_iters, block_size): ({loss, tokens, block_size}, "") or (None, why)."""
+    (its seed, batch size, eval_iters, block_size): ({loss, tokens, block_size}, "") or (None, why): weights
+    that do not load (offline, no transformers), data that is not GPT-2 BPE text or cannot be read."""
+    try:
+        return score_gpt2(run, cache)
+    except OUTPUT_ERRORS as e:  # the row is an extra line of the report; the report says why it is missing
+        return None, f"failed: {type(e).__name__}: {e}"
+
+
+def score_gpt2(run: RunResult, cache: Cache) -> tuple[dict | None, str]:
     from data import SYNTHETIC_TASKS
     from data.loader import TokenDataset
     from engine.evaluation import eval_batch, score_batch
