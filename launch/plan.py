@@ -20,7 +20,7 @@ from typing import Any
 from config import Config, ConfigError, changed_keys, load_config
 from engine.budget import Budget
 from launch.paths import in_root, rel
-from launch.results import DIVERGED, lr_for
+from launch.results import DIVERGED
 from launch.spec import BUDGET_KEYS, ArmSpec, StudySpec, shares_runs
 from schema import toml_literal
 
@@ -123,6 +123,13 @@ def tuned_budgets(spec: StudySpec) -> list[float]:
     return [b for b in spec.budget.values if not spec.tune_budget or b <= spec.tune_budget]
 
 
+def lr_for(chosen: dict[str, dict[float, float]], arm: str, budget: float) -> tuple[float | None, float | None]:
+    """(lr, the budget it was tuned at): the choice at `budget`, or, for a budget larger than any tuned one,
+    the choice at the largest tuned budget below it (StudySpec.tune_budget)."""
+    tuned = sorted(b for b in chosen.get(arm, {}) if b <= budget)
+    return (chosen[arm][tuned[-1]], tuned[-1]) if tuned else (None, None)
+
+
 def tuning_runs(spec: StudySpec, steps: dict[str, dict[float, Budget]], only: list[str] = ()) -> list[Run]:
     """Every lr of every arm with a grid on the tuning seeds (the reported seeds when there are none), at
     the tuned budgets."""
@@ -134,7 +141,7 @@ def tuning_runs(spec: StudySpec, steps: dict[str, dict[float, Budget]], only: li
 
 def report_runs(spec: StudySpec, chosen: dict[str, dict[float, float]], default_lrs: dict[str, float],
                 steps: dict[str, dict[float, Budget]], only: list[str] = ()) -> list[Run]:
-    """The reported seeds of every arm at the lr chosen for each budget (results.lr_for); an arm without a
+    """The reported seeds of every arm at the lr chosen for each budget (lr_for); an arm without a
     grid at its one lr. Without tune_seeds, the grid arms' reported runs at the tuned budgets are the
     tuning runs."""
     runs = []

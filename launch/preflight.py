@@ -56,7 +56,7 @@ def arm_steps(spec: StudySpec, arm: ArmSpec, cfg: Config, dry_run: bool) -> dict
         setup = set_up(resolve_vocab(cfg, 1) if absent else cfg, "vocab" if absent else "train", device="meta")
     except DataError as e:
         raise ConfigError(f"arm {arm.name}: {e}") from None
-    flops_per_token, tokens_per_step = setup.model.flops_per_token(), setup.tokens_per_step
+    tokens_per_step, flops_per_token = setup.tokens_per_step, setup.model.flops_per_token()
     steps = {}
     for value in spec.budget.values:
         c = resolve_arm(spec, arm, value)

@@ -27,12 +27,6 @@ class RunResult:
     config: dict           # config.json: the resolved config
     evals: list[dict]      # the metrics.jsonl lines that carry val_loss, in order
 
-    @property
-    def window_losses(self) -> np.ndarray | None:
-        """The final evaluation's loss per validation window (the same windows in every run), or None."""
-        values = self.result.get("val_window_losses")
-        return np.asarray(values, dtype=np.float64) if values else None
-
 
 @dataclass
 class GridRow:
@@ -83,10 +77,3 @@ def choose_lrs(tuning: list) -> dict[str, dict[float, float]]:
         if complete:
             chosen.setdefault(arm, {})[budget] = min(complete, key=lambda g: (g.loss, g.lr)).lr
     return chosen
-
-
-def lr_for(chosen: dict[str, dict[float, float]], arm: str, budget: float) -> tuple[float | None, float | None]:
-    """(lr, the budget it was tuned at): the choice at `budget`, or, for a budget larger than any tuned one,
-    the choice at the largest tuned budget below it (StudySpec.tune_budget)."""
-    tuned = sorted(b for b in chosen.get(arm, {}) if b <= budget)
-    return (chosen[arm][tuned[-1]], tuned[-1]) if tuned else (None, None)

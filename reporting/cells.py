@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from launch.results import GridRow, RunResult, choose_lrs, grid_rows, load, lr_for
+from launch.plan import lr_for
+from launch.results import GridRow, RunResult, choose_lrs, grid_rows, load
 
 
 @dataclass
@@ -39,9 +40,9 @@ class Cell:
         return values if values and None not in values else []
 
     def windows(self) -> np.ndarray | None:
-        """(seeds, windows) final validation losses, or None if a run lacks them."""
-        rows = [r.window_losses for r in self.runs]
-        return np.stack(rows) if rows and all(w is not None for w in rows) else None
+        """(seeds, windows) final validation losses (the same windows in every run), or None if a run lacks them."""
+        rows = [r.result.get("val_window_losses") for r in self.runs]
+        return np.asarray(rows, dtype=np.float64) if rows and all(rows) else None
 
     def by_position(self) -> np.ndarray | None:
         """Mean over seeds of the loss at each position of the window, or None."""

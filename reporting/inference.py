@@ -15,7 +15,9 @@ import torch
 from engine.checkpoint import CheckpointError
 from launch.paths import in_root
 from launch.results import RunResult
-from launch.spec import SampleSpec
+from launch.spec import SampleSpec, StudySpec
+from reporting.cells import Cell
+from reporting.sweep import is_synthetic
 
 
 # What a finished run's model outputs can meet: no (valid) checkpoint, data or meta.json that cannot be read,
@@ -136,3 +138,44 @@ def score_gpt2(run: RunResult, cache: Cache) -> tuple[dict | None, str]:
     cache.put(key, value)
     return value, ""
 
+
+def gpt2_row(spec: StudySpec, base: Cell, cache: Cache) -> tuple[dict | None, str]:
+    """Pretrained GPT-2 on the baseline's validation windows when the study asks for it, or why not."""
+    if spec.reference != "gpt2":
+        return None, "the study file sets reference = \"\""
+    if not base.runs:
+        return None, "no finished baseline run"
+    return gpt2_reference(base.runs[0], cache)
+
+
+def sample_arms(top: list[Cell], sample: SampleSpec, cache: Cache) -> dict[str, tuple[str, str] | str]:
+    """{arm: (prompt, continuation) of its first reported seed, or why it has none}."""
+    out: dict[str, tuple[str, str] | str] = {}
+    for c in (c for c in top if c.runs):
+        if is_synthetic(c):
+            out[c.arm] = "a synthetic task: no text tokenizer"
+            continue
+        try:
+            out[c.arm] = sample_text(c.runs[0], sample, cache)
+        except OUTPUT_ERRORS as e:  # a run without checkpoints still gets its row in the report
+            out[c.arm] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def token_image_figures(top: list[Cell], sample: SampleSpec, out_dir: Path) -> dict[str, list[str] | str]:
+    """{image arm: its figures on the sample prompt (names relative to out_dir), or why it has none}; the
+    GPT and the front-only control paint nothing and have no entry."""
+    from reporting.images import NoImages  # matplotlib: only when drawing
+    out: dict[str, list[str] | str] = {}
+    for c in top:
+        if not c.runs or is_synthetic(c):
+            continue
+        try:
+            paths = draw_images(c.runs[0], sample, out_dir / "images" / c.arm)
+        except NoImages:
+            continue
+        except OUTPUT_ERRORS as e:  # a run without checkpoints still gets its line
+            out[c.arm] = f"{type(e).__name__}: {e}"
+            continue
+        out[c.arm] = [p.relative_to(out_dir).as_posix() for p in paths]
+    return out

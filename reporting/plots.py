@@ -23,6 +23,7 @@ from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFo
 from reporting.cells import Cell, curve  # noqa: E402
 from reporting.references import Reference  # noqa: E402
 from reporting.summary import Summary  # noqa: E402
+from reporting.sweep import DIFFICULTY, WIDTH, Sweep  # noqa: E402
 
 AXES = [  # (metrics key, x label, file name)
     ("flops", "training FLOPs", "val_loss_vs_flops.png"),
@@ -143,3 +144,18 @@ def plot_sweep(lines: dict[str, list[tuple]], x_label: str, title: str, path: Pa
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_ylim(-0.03, 1.03)
     finish(fig, ax, x_label, "final " + ACC_LABEL, title, path)
+
+
+def plot_accuracy(sweep: Sweep | None, study: str, out_dir: Path) -> list[str]:
+    """Final accuracy against each swept difficulty key, and against width at the centre difficulty: the
+    files' names."""
+    if sweep is None:
+        return []
+    names = []
+    for key in sweep.swept + ([WIDTH] if sweep.width_swept else []):
+        name = f"val_acc_vs_{'width' if key == WIDTH else key.split('.', 1)[1]}.png"
+        what = f"{key} ({DIFFICULTY[key]})" if key in DIFFICULTY else f"width ({key})"
+        plot_sweep(sweep.slice(key), what, f"{study}: final validation accuracy vs {what} (bars: min-max "
+                   f"over seeds)", out_dir / name)
+        names.append(name)
+    return names

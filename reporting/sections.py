@@ -63,6 +63,10 @@ def table(rows: list[list[str]], header: list[str]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def role(name: str, arm: ArmSummary, baseline: str) -> str:
+    return "baseline" if name == baseline else "control" if arm.control else "subject"
+
+
 def results_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     """The main table: every arm at the largest budget."""
     header = ["arm", "role", "lr", "seeds", "parameters", "FLOPs/token", "tokens seen", "train time (s)",
@@ -75,7 +79,7 @@ def results_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     for name, arm in summary.arms.items():
         e = arm.top
         lr = na(e.lr, lambda v: f"{v:g}") + (" (edge)" if e.lr_at_edge else "")
-        rows.append([name, arm.role(name, summary.baseline), lr, str(len(e.seeds)),
+        rows.append([name, role(name, arm, summary.baseline), lr, str(len(e.seeds)),
                      na(arm.parameters, lambda v: f"{v:,}"), na(arm.flops_per_token, lambda v: f"{v:.4g}"),
                      na(e.tokens, lambda v: f"{round(v):,}"), na(e.time_s, lambda v: f"{v:.1f}"),
                      na(e.val_loss), ci(e.val_loss_ci95), na(e.eval_se),

@@ -93,9 +93,6 @@ class ArmSummary:
         """The entry at the largest budget."""
         return max(self.budgets, key=lambda e: e.budget)
 
-    def role(self, name: str, baseline: str) -> str:
-        return "baseline" if name == baseline else "control" if self.control else "subject"
-
 
 @dataclass
 class Summary:

@@ -443,7 +443,7 @@ def test_two_jobs_at_once_train_the_same_runs(finished_study, tmp_path):
 def test_lrs_tuned_at_a_smaller_budget_carry_over_to_the_larger_ones(tmp_path):
     """tune_budget: tuning ladders stop there; a larger budget trains at the lr tuned at the largest tuned
     budget, and its cell shows that budget's grid."""
-    from launch.results import lr_for
+    from launch.plan import lr_for
     from reporting.cells import cells
     text = study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6, 1e7]", extra="tune_budget = 3e6")
     spec = loads_study(text)

@@ -145,12 +145,12 @@ def test_the_study_report_shows_one_figure_per_image_arm(runs, tmp_path):
     from launch.results import load_run
     from launch.spec import SampleSpec, StudySpec
     from reporting.cells import Cell
-    from reporting.report import plot_token_images
+    from reporting.inference import token_image_figures
     from reporting.sections import Figures, token_images
 
     cells = [Cell(key, 1.0, 1e-3, [load_run(key, 1e-3, 0, 1.0, runs[key])]) for key in ("gpt", "front_only", "sum", "attn")]
     spec = StudySpec(sample=SampleSpec(prompt=TEXT, prompt_tokens=6))
-    figures = Figures(images=plot_token_images(cells, spec.sample, tmp_path))
+    figures = Figures(images=token_image_figures(cells, spec.sample, tmp_path))
     lines = token_images(SimpleNamespace(top=cells, spec=spec, figures=figures))  # the fields the section reads
     shown = [line[2:].split("]")[0] for line in lines if line.startswith("![")]
     assert shown == ["images/sum/mixed.png", "images/attn/mixed.png", "images/attn/attention.png"]
