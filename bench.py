@@ -15,48 +15,39 @@ from pathlib import Path
 
 import torch
 
-from config import Config, ConfigError, load_config, resolve_vocab
-from data import DataError, open_dataset
+from config import Config, ConfigError, load_config
+from data import DataError
 from engine import runtime
-from engine.bench import random_batches, rates, reset_peak_memory, time_steps
 from engine.optim import make_optimizer
 from engine.perf import cpu_matmul_flops, peak_flops, peak_memory_bytes
-from models import build_model
+from engine.setup import Setup, set_up
+from tools.timing import random_batches, rates, reset_peak_memory, time_steps
 
 
-def batches_for(cfg: Config, n_micro: int, step: int) -> tuple[Config, list]:
-    """(the config with its vocabulary sized, n_micro training batches): from the prepared data when
-    there is some, else random ids (throughput does not depend on the text)."""
-    try:
-        data = open_dataset(cfg.data)
-    except DataError:
-        data = None
-    if data is not None:
-        cfg = resolve_vocab(cfg, data.vocab_size)
-        return cfg, [data.batch("train", cfg.train.batch_size, cfg.model.block_size, seed=0, step=step, micro=i)
-                     for i in range(n_micro)]
-    if cfg.model.vocab_size == 0:
-        raise ConfigError(f"dataset {cfg.data.dataset!r} is not prepared and model.vocab_size is 0: prepare it "
-                          f"(python data/prepare.py {cfg.data.dataset}) or pass --model.vocab_size=N")
-    return cfg, random_batches(cfg.train.batch_size, cfg.model.block_size, cfg.model.vocab_size, n_micro, seed=step)
+def step_batches(setup: Setup) -> list:
+    """One optimizer step's micro-batches: from the prepared data when there is some, else random ids
+    (throughput does not depend on the text)."""
+    c = setup.cfg
+    if setup.data is None:
+        return random_batches(c.train.batch_size, c.model.block_size, c.model.vocab_size, c.train.grad_accum)
+    return [setup.data.batch("train", c.train.batch_size, c.model.block_size, seed=0, step=0, micro=i)
+            for i in range(c.train.grad_accum)]
 
 
 def bench(cfg: Config, steps: int = 10, warmup: int = 3) -> dict:
     rt = runtime.setup(cfg.train.device, cfg.train.dtype)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    cfg, batches = batches_for(cfg, cfg.train.grad_accum, 0)
-    torch.manual_seed(cfg.train.seed)
-    raw = build_model(cfg.model).to(rt.device)
+    setup = set_up(cfg, data="if_prepared")
+    cfg, raw, batches = setup.cfg, setup.model.to(rt.device), step_batches(setup)
     model = torch.compile(raw) if cfg.train.compile else raw
     optimizer = make_optimizer(raw, cfg.optim, rt.device.type)
     reset_peak_memory(rt.device)
     times = time_steps(model, optimizer, batches, rt, cfg.optim.grad_clip, steps, warmup)
     ms = statistics.median(times) * 1e3
-    tokens = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
     flops_per_token = raw.flops_per_token()
     peak = peak_flops(rt.device)
-    rate = rates(ms, tokens, flops_per_token, peak)
+    rate = rates(ms, setup.tokens_per_step, flops_per_token, peak)
     memory = peak_memory_bytes(rt.device)
     return {
         "model": cfg.model.name, "device": str(rt.device), "dtype": str(rt.dtype).removeprefix("torch."),

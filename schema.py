@@ -3,7 +3,7 @@
 Every field is declared with `option(default, doc, choices)`, so the schema carries its own help: the
 one-line meaning and the valid values that `--help` prints (`describe`) and that `build` enforces. A
 typo or a wrong type is a ConfigError naming the key and the valid keys or choices. This module knows
-no particular schema: config.py (training runs), the model registry and analysis/spec.py (study
+no particular schema: config.py (training runs), the model registry and launch/spec.py (study
 files) declare theirs with it.
 """
 from __future__ import annotations

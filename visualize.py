@@ -8,7 +8,7 @@ Writes, for each image stage of the model (one, or n_chain for a chained model):
   mixed.png      its causally mixed image A_t (running sum or mean, or attention): what the CNN reads
   attention.png  idea 2 (model.mixer = "attn"): each head's weights of every token over the past
 One colour scale per row (per token), symmetric about 0. The computing and drawing are in
-analysis/images.py, which the study report uses too.
+reporting/images.py, which the study report uses too.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def render_run(args: argparse.Namespace) -> list[Path]:
     """Load the run, compute its images for --text and write the PNGs (errors as ValueError and friends)."""
-    from analysis.images import NoImages, render, token_images
+    from reporting.images import NoImages, render, token_images
     from data.tokenizer import load_tokenizer
     from engine.checkpoint import load_for_inference
     from engine.runtime import pick_device

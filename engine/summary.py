@@ -1,18 +1,16 @@
 """train.py --summary: parameters per component, FLOPs per token, and training memory, then exit."""
 from __future__ import annotations
 
-from config import Config, resolve_vocab
-from data import open_dataset
+from config import Config
 from engine.perf import activation_bytes
-from models import build_model
+from engine.setup import set_up
 
 GiB = 2 ** 30
 
 
 def summarize(cfg: Config) -> dict:
-    if cfg.model.vocab_size == 0:  # sized from the data, exactly as the trainer does
-        cfg = resolve_vocab(cfg, open_dataset(cfg.data).vocab_size)
-    model = build_model(cfg.model)
+    setup = set_up(cfg, data="vocab")  # the vocabulary sized from the data, exactly as the trainer does
+    cfg, model = setup.cfg, setup.model
     n = sum(p.numel() for p in model.parameters())
     act = activation_bytes(model, cfg.model.block_size)
     return {

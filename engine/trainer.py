@@ -13,15 +13,15 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from config import Config, ConfigError, changed_keys, resolve_vocab, save_json
-from data import Dataset, open_dataset
+from config import Config, ConfigError, changed_keys, save_json
+from data import Dataset
 from engine import runtime
 from engine.budget import Budget
 from engine.checkpoint import atomic_write_text, has_checkpoint, keep_newest_only, load_checkpoint, save_checkpoint
@@ -30,7 +30,8 @@ from engine.guard import Diverged, LossGuard, Preempted, StopFlag
 from engine.optim import make_optimizer
 from engine.perf import peak_flops, peak_memory_bytes
 from engine.runlog import MetricsLog, run_record
-from models import LanguageModel, build_model
+from engine.setup import Setup, set_up
+from models import LanguageModel
 
 
 @dataclass
@@ -76,19 +77,15 @@ def run_training(cfg: Config, rt: runtime.Runtime) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     local_micro_batches(cfg, rt)  # refuse an impossible split before anything is written
-    data = open_dataset(cfg.data)
-    cfg = resolve_vocab(cfg, data.vocab_size)
-    data.check_block_size(cfg.model.block_size)
-
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every process
-    model, cfg, ckpt = build_or_resume(cfg, data, rt)
+    setup, ckpt = start_model(set_up(cfg), rt)
+    cfg, data, model = setup.cfg, setup.data, setup.model
     model.to(rt.device)
     optimizer = make_optimizer(model, cfg.optim, rt.device.type)
     step_model = torch.compile(model) if cfg.train.compile else model
     if rt.distributed:
         step_model = DDP(step_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
-    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size  # all processes
+    tokens_per_step = setup.tokens_per_step
     flops_per_token = model.flops_per_token()
     budget = Budget(cfg.train, cfg.optim, tokens_per_step, flops_per_token)  # refuses impossible budgets early
     log = MetricsLog(Path(cfg.train.out_dir), cfg, rt, tokens_per_step, flops_per_token, peak_flops(rt.device),
@@ -200,9 +197,10 @@ def grad_norms(components: dict[str, list]) -> dict[str, float]:
             **{f"grad_norm_{name}": math.sqrt(v) for name, v in squares.items()}}
 
 
-def build_or_resume(cfg: Config, data: Dataset, rt: runtime.Runtime) -> tuple[LanguageModel, Config, dict | None]:
-    """(model, config, checkpoint or None). The config changes only for GPT-2 weights, whose shape it
-    records. Never overwrites an earlier run by accident."""
+def start_model(setup: Setup, rt: runtime.Runtime) -> tuple[Setup, dict | None]:
+    """(set-up, checkpoint or None): the fresh model, or it with a checkpoint's weights, or GPT-2's weights
+    (whose shape the config then records). Never overwrites an earlier run by accident."""
+    cfg, data = setup.cfg, setup.data
     out_dir, init = Path(cfg.train.out_dir), cfg.train.init_from
     if init == "auto":
         init = "resume" if has_checkpoint(out_dir) else "scratch"
@@ -216,17 +214,16 @@ def build_or_resume(cfg: Config, data: Dataset, rt: runtime.Runtime) -> tuple[La
             changed = changed_keys(saved, now)
             raise ConfigError(f"the checkpoint in {out_dir} was trained with other model settings "
                               f"({', '.join('model.' + k for k in changed)}); resume with the same [model]")
-        model = build_model(cfg.model)
-        model.load_state_dict(ckpt["model"])
-        return model, cfg, ckpt
+        setup.model.load_state_dict(ckpt["model"])
+        return setup, ckpt
     if init.startswith("gpt2"):
         from models.hf_gpt2 import load_hf_gpt2  # imports transformers: only when asked for
         model = load_hf_gpt2(init, dropout=cfg.model.dropout)
         if data.vocab_size > model.cfg.vocab_size:
             raise ConfigError(f"GPT-2 weights cover {model.cfg.vocab_size} tokens but the dataset has "
                               f"{data.vocab_size}; prepare the data with --tokenizer gpt2")
-        return model, Config(model.cfg, cfg.data, cfg.optim, cfg.train, cfg.wandb), None
-    return build_model(cfg.model), cfg, None
+        return replace(setup, cfg=Config(model.cfg, cfg.data, cfg.optim, cfg.train, cfg.wandb), model=model), None
+    return setup, None
 
 
 def save(run: Run, folder: Path | None = None) -> None:

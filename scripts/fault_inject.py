@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from engine.checkpoint import MANIFEST, has_checkpoint, load_checkpoint, read_manifest, sha256_file  # noqa: E402
-from engine.smoke import tiny_overrides, write_char_dataset  # noqa: E402
+from tools.smoke import tiny_overrides, write_char_dataset  # noqa: E402
 
 EVAL_INTERVAL = 3   # a checkpoint every 3 steps: many writes to land in
 TIMING_KEYS = ("time_s", "tokens_per_s", "mfu")  # the only metrics allowed to differ between two runs

@@ -53,16 +53,16 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from config import Config, load_config  # noqa: E402
 from engine import runtime  # noqa: E402
-from engine.bench import (catch_oom, float32_exact, free_memory, peak_memory_bytes, random_batches,  # noqa: E402
-                          rates, reset_peak_memory, search_batch, time_ms, time_steps)
 from engine.optim import lr_at, make_optimizer  # noqa: E402
-from engine.perf import peak_flops  # noqa: E402
+from engine.perf import peak_flops, peak_memory_bytes  # noqa: E402
 from engine.runlog import git_state  # noqa: E402
-from engine.sdpa import (detect_backend, dispatcher_choice, errors_against_math, priority_order,  # noqa: E402
-                         profiled_backend, sdpa_shapes)
 from engine.summary import summarize  # noqa: E402
 from engine.trainer import train_step  # noqa: E402
 from models import build_model  # noqa: E402
+from tools.sdpa import (detect_backend, dispatcher_choice, errors_against_math, priority_order,  # noqa: E402
+                        profiled_backend, sdpa_shapes)
+from tools.timing import (catch_oom, float32_exact, free_memory, random_batches, rates,  # noqa: E402
+                          reset_peak_memory, search_batch, time_ms, time_steps)
 
 GiB = 2 ** 30
 CONFIGS = ("owt_gpt2", "owt_idea1_vgg", "owt_idea1_resnet", "owt_idea2_vgg", "owt_idea2_vgg_wide",

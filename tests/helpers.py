@@ -1,7 +1,7 @@
-"""Shared test fixtures (the tiny dataset and run live in engine/smoke.py, which scripts use too)."""
+"""Shared test fixtures (the tiny dataset and run live in tools/smoke.py, which scripts use too)."""
 from __future__ import annotations
 
-from engine.smoke import ROOT, tiny_overrides, write_char_dataset
+from tools.smoke import ROOT, tiny_overrides, write_char_dataset
 
 __all__ = ["ROOT", "tiny_overrides", "write_char_dataset", "model_variants", "variant_id", "is_image"]
 

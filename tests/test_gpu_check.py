@@ -1,6 +1,6 @@
 """scripts/gpu_check.py: its smoke mode end to end on the CPU (the code paths the GPU run takes, tiny
-shapes), its arithmetic, the attention-backend detection (engine/sdpa.py) as torch on the CPU decides
-it, the batch search (engine/bench.py), and its import graph without wandb, datasets and scipy (the GPU
+shapes), its arithmetic, the attention-backend detection (tools/sdpa.py) as torch on the CPU decides
+it, the batch search (tools/timing.py), and its import graph without wandb, datasets and scipy (the GPU
 machine's python3 has none of them)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from engine import bench, sdpa
+from tools import sdpa, timing
 from helpers import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
@@ -153,7 +153,7 @@ def test_float32_exact_turns_tf32_off_and_back():
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as runtime.setup on a GPU
     try:
-        with pytest.raises(ZeroDivisionError), bench.float32_exact():
+        with pytest.raises(ZeroDivisionError), timing.float32_exact():
             assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
             1 / 0
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
@@ -175,19 +175,19 @@ def test_batch_search_stops_at_out_of_memory_and_frees_it():
             if b > 16:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return {"ms_per_iter": float(b), "try_s": 0.01, "batch_size": b}
-        return bench.catch_oom(step, cleanup=lambda: cleaned.append(b))
+        return timing.catch_oom(step, cleanup=lambda: cleaned.append(b))
 
-    found = bench.search_batch(try_batch, 2, 512, 10.0, lambda: 100.0)
+    found = timing.search_batch(try_batch, 2, 512, 10.0, lambda: 100.0)
     assert found["largest"]["batch_size"] == 16 and found["stopped_by"].startswith("out of memory (CUDA out of")
     assert [b for b, _ in found["tried"]] == [2, 4, 8, 16, 32] and cleaned == [32]
     # the caps: the largest batch asked for, a try predicted too long, the time left
-    assert bench.search_batch(try_batch, 2, 8, 10.0, lambda: 100.0)["stopped_by"] == "--max-batch 8"
+    assert timing.search_batch(try_batch, 2, 8, 10.0, lambda: 100.0)["stopped_by"] == "--max-batch 8"
     slow = lambda b: ({"ms_per_iter": 1.0, "try_s": 0.1 * b}, None)  # noqa: E731
-    found = bench.search_batch(slow, 2, 512, 1.0, lambda: 100.0)  # tries of 0.2, 0.4, 0.8 s; next ~1.6
+    found = timing.search_batch(slow, 2, 512, 1.0, lambda: 100.0)  # tries of 0.2, 0.4, 0.8 s; next ~1.6
     assert found["largest"]["try_s"] == pytest.approx(0.8) and found["stopped_by"].startswith("next try ~2 s")
-    assert bench.search_batch(slow, 2, 512, 100.0, lambda: 1.0)["stopped_by"].startswith("time budget")
+    assert timing.search_batch(slow, 2, 512, 100.0, lambda: 1.0)["stopped_by"].startswith("time budget")
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not out of memory
-        bench.catch_oom(lambda: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+        timing.catch_oom(lambda: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
 
 
 def test_rows_past_the_time_limit_are_skipped_and_errors_reported(tmp_path, capsys):

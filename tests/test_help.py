@@ -10,7 +10,7 @@ import typing
 import pytest
 
 import sample
-from analysis.spec import ArmSpec, BudgetSpec, SampleSpec, StudySpec
+from launch.spec import ArmSpec, BudgetSpec, SampleSpec, StudySpec
 from config import DataConfig, OptimConfig, TrainConfig, WandbConfig
 from helpers import ROOT
 from models import MIXERS, MODELS

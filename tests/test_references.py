@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from analysis.references import (bigram_nll, bits_per_byte, count_bytes, ngram_counts, reference_losses,
+from reporting.references import (bigram_nll, bits_per_byte, count_bytes, ngram_counts, reference_losses,
                                  unigram_nll)
 from data.tokenizer import CharTokenizer, GPT2Tokenizer
 from helpers import write_char_dataset

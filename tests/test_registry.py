@@ -234,7 +234,7 @@ def shakespeare_chars(tmp_path_factory):
     """(train ids, val ids, V, the add-one unigram loss of the val windows under train counts)."""
     import numpy as np
 
-    from analysis.references import ngram_counts, unigram_nll
+    from reporting.references import ngram_counts, unigram_nll
     from helpers import write_char_dataset
     folder = write_char_dataset(tmp_path_factory.mktemp("data"), n_chars=50_000)
     V = json.loads((folder / "meta.json").read_text())["vocab_size"]

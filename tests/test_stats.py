@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from analysis.stats import (bootstrap_mean_ci, bootstrap_replicates, compute_multiplier, fit_power_law, power_law,
+from reporting.stats import (bootstrap_mean_ci, bootstrap_replicates, compute_multiplier, fit_power_law, power_law,
                             power_law_inverse, standard_error, within)
 
 

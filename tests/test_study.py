@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import study
-from analysis.plan import report_runs, tuning_runs
-from analysis.report import write_report
-from analysis.results import choose_lrs, load_run
-from analysis.spec import loads_study
-from engine.budget import Budget
 from config import OptimConfig, TrainConfig
+from engine.budget import Budget
 from helpers import ROOT, write_char_dataset
+from launch.plan import report_runs, tuning_runs
+from launch.results import choose_lrs, load_run
+from launch.spec import loads_study
+from reporting.report import write_report
 from schema import ConfigError, parse_value, toml_literal
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -253,27 +253,35 @@ def test_no_verdict_where_the_interval_includes_zero(tmp_path):
 
 
 def test_health_flags_an_arm_stuck_at_the_unigram_while_its_front_passes_the_bigram():
-    from analysis.references import Reference
-    from analysis.summary import health
+    from reporting.references import Reference
+    from reporting.summary import BudgetEntry, health
     ref = Reference(uniform=6.5, unigram=3.2, bigram=2.5, tokens=100, bytes=100)
-    stuck = {"val_loss": 3.18}
-    assert health("idea1", stuck, {"val_loss": 2.1}, ref) == [
+    front = BudgetEntry(1.0, val_loss=2.1)
+    assert health(BudgetEntry(1.0, val_loss=3.18), front, ref) == [
         "stuck at the unigram level while its front passes the bigram"]
-    assert health("idea1", {"val_loss": 2.4}, {"val_loss": 2.1}, ref) == []
-    worse = {"val_loss": 2.4, "delta_vs_front": 0.3, "delta_vs_front_ci95": [0.2, 0.4], "eval_se": 0.02}
-    assert health("idea1", worse, {"val_loss": 2.1}, ref) == [
+    assert health(BudgetEntry(1.0, val_loss=2.4), front, ref) == []
+    worse = dict(val_loss=2.4, delta_vs_front=0.3, delta_vs_front_ci95=[0.2, 0.4], eval_se=0.02)
+    assert health(BudgetEntry(1.0, **worse), front, ref) == [
         "worse than its own front at equal FLOPs by 0.300 nats/token (95% CI 0.200 to 0.400)"]
-    per_token = {**worse, "front_equal_tokens": 0.05}  # beyond twice the evaluation noise: flagged
-    assert health("idea1", per_token, {"val_loss": 2.1}, ref)[0] == (
-        "worse than its own front at equal tokens by 0.050 nats/token")
-    assert len(health("idea1", {**worse, "front_equal_tokens": 0.03}, {"val_loss": 2.1}, ref)) == 1  # within noise
+    per_token = BudgetEntry(1.0, **worse, front_equal_tokens=0.05)  # beyond twice the evaluation noise: flagged
+    assert health(per_token, front, ref)[0] == "worse than its own front at equal tokens by 0.050 nats/token"
+    assert len(health(BudgetEntry(1.0, **worse, front_equal_tokens=0.03), front, ref)) == 1  # within noise
 
 
 def test_the_front_at_equal_tokens_is_read_off_its_budgets():
-    from analysis.summary import at_equal_tokens
-    front = [{"tokens": 1e4, "val_loss": 3.0}, {"tokens": 1e6, "val_loss": 2.0}]
-    assert at_equal_tokens({"tokens": 1e5, "val_loss": 2.6}, front) == pytest.approx(0.1)  # midway in log tokens
-    assert at_equal_tokens({"tokens": 1e7, "val_loss": 2.6}, front) is None  # outside the front's range
+    from reporting.summary import BudgetEntry, at_equal_tokens
+    front = [BudgetEntry(1.0, tokens=1e4, val_loss=3.0), BudgetEntry(2.0, tokens=1e6, val_loss=2.0)]
+    assert at_equal_tokens(BudgetEntry(1.0, tokens=1e5, val_loss=2.6), front) == pytest.approx(0.1)  # midway
+    assert at_equal_tokens(BudgetEntry(1.0, tokens=1e7, val_loss=2.6), front) is None  # outside the front's range
+
+
+def test_summary_json_leaves_out_what_was_not_computed():
+    """A figure an entry could not compute has no key; one computed as undefined is null."""
+    from reporting.summary import BudgetEntry, to_json
+    assert to_json(BudgetEntry(1.0)) == {"budget": 1.0, "lr": None, "lr_at_edge": False, "seeds": [], "flops": None,
+                                         "time_s": None, "tokens": None, "val_loss": None}
+    compared = to_json(BudgetEntry(1.0, eval_se=0.1, compared_to_front=True))
+    assert list(compared)[-2:] == ["eval_se", "front_equal_tokens"] and compared["front_equal_tokens"] is None
 
 
 # ------------------------------------------------------------------ a whole study, end to end
@@ -377,7 +385,7 @@ def write_bpe_dataset(root, name="tiny_bpe"):
 def test_gpt2_reference_scores_exactly_the_windows_train_py_evaluates(tmp_path, monkeypatch):
     """Handed the run's own final model in place of GPT-2, the reference must reproduce the run's final
     val_loss: proof that the reference line is measured on the arms' own validation windows."""
-    import analysis.inference as inference
+    import reporting.inference as inference
     from config import load_config
     from engine.checkpoint import load_for_inference
     from engine.trainer import train
@@ -435,7 +443,8 @@ def test_two_jobs_at_once_train_the_same_runs(finished_study, tmp_path):
 def test_lrs_tuned_at_a_smaller_budget_carry_over_to_the_larger_ones(tmp_path):
     """tune_budget: tuning ladders stop there; a larger budget trains at the lr tuned at the largest tuned
     budget, and its cell shows that budget's grid."""
-    from analysis.results import cells, lr_for
+    from launch.plan import lr_for
+    from reporting.cells import cells
     text = study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6, 1e7]", extra="tune_budget = 3e6")
     spec = loads_study(text)
     steps = {a.name: steps_for(spec.budget.values) for a in spec.arms}
@@ -463,7 +472,7 @@ def test_without_tuning_seeds_the_tuning_runs_are_reported(tmp_path):
     assert {r.seed for r in tuning} == {1, 2}
     reported = report_runs(spec, {"narrow": {1e6: 1e-3, 1e7: 1e-3}}, {"narrow": 1e-3, "wide": 1e-2}, steps)
     assert {r.arm for r in reported} == {"wide"}  # narrow's reported runs are its tuning runs
-    from analysis.results import cells
+    from reporting.cells import cells
     for r in tuning + reported:
         fake_run(r.out_dir, [4.0, 3.0 if r.lr == 1e-3 else 3.5])
     table = cells(["narrow", "wide"], spec.budget.values, tuning, reported, spec.seeds)
@@ -475,7 +484,7 @@ def test_a_run_trained_under_other_code_defaults_is_refused_not_reported(tmp_pat
     run is stale, and the study stops with the setting that moved and the fix."""
     from dataclasses import asdict
 
-    from analysis.plan import PlanError, Run, check_same_settings
+    from launch.plan import PlanError, Run, check_same_settings
     from config import load_config
     args = ["configs/char_image.toml", "--optim.lr=0.001"]
     run = Run("idea1", 1e-3, 0, 1.0, tmp_path, args)

@@ -5,12 +5,12 @@ import json
 import pytest
 
 import study
-from analysis.plan import Run
-from analysis.report import write_report
-from analysis.results import cells
-from analysis.spec import loads_study
-from analysis.sweep import find_sweep
 from helpers import ROOT, write_char_dataset
+from launch.plan import Run
+from launch.spec import loads_study
+from reporting.cells import cells
+from reporting.report import write_report
+from reporting.sweep import find_sweep
 from test_study import PNG, fake_run, table_rows
 
 ACC_PLOTS = ("val_acc_vs_task_pairs.png", "val_acc_vs_block_size.png", "val_acc_vs_width.png", "val_acc_vs_tokens.png")

@@ -1,10 +1,10 @@
-"""visualize.py and analysis/images.py: the arrays drawn are the model's own images for the prompt (checked
+"""visualize.py and reporting/images.py: the arrays drawn are the model's own images for the prompt (checked
 against the forward pass, and for idea 2 the attention weights reproduce A), the PNGs are written, and
 the errors name the fix."""
 import pytest
 import torch
 
-import analysis.images as images
+import reporting.images as images
 import visualize
 from config import load_config
 from data.tokenizer import load_tokenizer
@@ -141,13 +141,18 @@ def test_errors_are_one_line_and_name_the_fix(runs, tmp_path, capsys):
 def test_the_study_report_shows_one_figure_per_image_arm(runs, tmp_path):
     """Image arms get their mixed images (and idea 2 its attention) drawn on the shared prompt; the GPT and
     the front-only control paint nothing and get no figure."""
-    from analysis.report import images_section
-    from analysis.results import Cell, load_run
-    from analysis.spec import SampleSpec, StudySpec
+    from types import SimpleNamespace
+
+    from launch.results import load_run
+    from launch.spec import SampleSpec, StudySpec
+    from reporting.cells import Cell
+    from reporting.inference import token_image_figures
+    from reporting.sections import Figures, token_images
 
     cells = [Cell(key, 1.0, 1e-3, [load_run(key, 1e-3, 0, 1.0, runs[key])]) for key in ("gpt", "front_only", "sum", "attn")]
     spec = StudySpec(sample=SampleSpec(prompt=TEXT, prompt_tokens=6))
-    lines = images_section(cells, spec, tmp_path)
+    figures = Figures(images=token_image_figures(cells, spec.sample, tmp_path))
+    lines = token_images(SimpleNamespace(top=cells, spec=spec, figures=figures))  # the fields the section reads
     shown = [line[2:].split("]")[0] for line in lines if line.startswith("![")]
     assert shown == ["images/sum/mixed.png", "images/attn/mixed.png", "images/attn/attention.png"]
     assert all((tmp_path / name).read_bytes().startswith(PNG) for name in shown)

@@ -18,7 +18,7 @@ so every loss is finite. The bigram table is sparse: a dense V x V table for GPT
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -123,27 +123,30 @@ def bits_per_byte(nats_per_token: float, n_tokens: int, n_bytes: int) -> float:
 
 @dataclass(frozen=True)
 class Reference:
-    """The references of one study: nats/token on its validation windows, and their size."""
+    """The references of one study: nats/token on its validation windows, their size, and each reference
+    in bits per byte (as summary.json holds them)."""
     uniform: float
     unigram: float
     bigram: float
     tokens: int     # scored tokens of the windows
     bytes: int      # UTF-8 bytes those tokens spell
+    uniform_bits_per_byte: float = field(init=False)
+    unigram_bits_per_byte: float = field(init=False)
+    bigram_bits_per_byte: float = field(init=False)
+
+    def __post_init__(self):
+        for name in ("uniform", "unigram", "bigram"):
+            object.__setattr__(self, f"{name}_bits_per_byte", self.bits_per_byte(getattr(self, name)))
 
     def bits_per_byte(self, nats_per_token: float) -> float:
         return bits_per_byte(nats_per_token, self.tokens, self.bytes)
-
-    def as_dict(self) -> dict:
-        out = {"uniform": self.uniform, "unigram": self.unigram, "bigram": self.bigram, "tokens": self.tokens,
-               "bytes": self.bytes}
-        return out | {f"{k}_bits_per_byte": self.bits_per_byte(out[k]) for k in ("uniform", "unigram", "bigram")}
 
 
 def study_reference(config: dict) -> Reference | None:
     """The references on the validation windows a run with this resolved config is scored on (its
     data, eval_iters, evaluation batch size and block_size); None for a synthetic task, which has no
     text and no train split to count."""
-    from analysis.spec import in_root
+    from launch.paths import in_root
     from data import SYNTHETIC_TASKS
     from data.loader import TokenDataset
     from data.tokenizer import load_tokenizer

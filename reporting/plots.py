@@ -20,7 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter  # noqa: E402
 
-from analysis.results import Cell, curve  # noqa: E402
+from reporting.cells import Cell, curve  # noqa: E402
+from reporting.references import Reference  # noqa: E402
+from reporting.summary import Summary  # noqa: E402
+from reporting.sweep import DIFFICULTY, WIDTH, Sweep  # noqa: E402
 
 AXES = [  # (metrics key, x label, file name)
     ("flops", "training FLOPs", "val_loss_vs_flops.png"),
@@ -47,16 +50,16 @@ def save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def reference_lines(ax, refs: dict | None, vocab: int | None) -> None:
+def reference_lines(ax, refs: Reference | None, vocab: int | None) -> None:
     """Horizontal lines: a uniform guess ln V, and the unigram and bigram models of the same windows."""
     if vocab:
         ax.axhline(math.log(vocab), color="grey", linestyle="--", linewidth=1, label=f"uniform ln {vocab}")
-    for key, style in (("unigram", ":"), ("bigram", "-.")):
-        if refs and refs.get(key) is not None:
-            ax.axhline(refs[key], color="black", linestyle=style, linewidth=1, label=f"{key} {refs[key]:.3f}")
+    if refs is not None:
+        for key, value, style in (("unigram", refs.unigram, ":"), ("bigram", refs.bigram, "-.")):
+            ax.axhline(value, color="black", linestyle=style, linewidth=1, label=f"{key} {value:.3f}")
 
 
-def plot_axis(cells: list[Cell], x_key: str, x_label: str, vocab: int | None, refs: dict | None, title: str,
+def plot_axis(cells: list[Cell], x_key: str, x_label: str, vocab: int | None, refs: Reference | None, title: str,
               path: Path, y_key: str = "val_loss") -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for cell in cells:
@@ -75,7 +78,7 @@ def plot_axis(cells: list[Cell], x_key: str, x_label: str, vocab: int | None, re
     finish(fig, ax, x_label, LOSS_LABEL if y_key == "val_loss" else ACC_LABEL, title, path)
 
 
-def write_curves(cells: list[Cell], vocab: int | None, refs: dict | None, study: str, out_dir: Path,
+def write_curves(cells: list[Cell], vocab: int | None, refs: Reference | None, study: str, out_dir: Path,
                  acc: bool = False) -> list[str]:
     """The three loss-curve PNGs of the largest budget's cells, and with acc the accuracy curve."""
     names = []
@@ -90,22 +93,22 @@ def write_curves(cells: list[Cell], vocab: int | None, refs: dict | None, study:
     return names
 
 
-def plot_frontier(summary: dict, vocab: int | None, path: Path) -> None:
+def plot_frontier(summary: Summary, vocab: int | None, path: Path) -> None:
     """Final loss against each compute axis over the budgets, per arm, with its power-law fit."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), dpi=100)
     for ax, (key, label, _) in zip(axes, AXES):
-        for name, arm in summary["arms"].items():
-            points = [e for e in arm["budgets"] if e.get("val_loss") is not None and e.get(key)]
+        for name, arm in summary.arms.items():
+            points = [e for e in arm.budgets if e.val_loss is not None and getattr(e, key)]
             if not points:
                 continue
-            x, y = np.array([e[key] for e in points]), np.array([e["val_loss"] for e in points])
-            style = "--" if arm["control"] else "-"
+            x, y = np.array([getattr(e, key) for e in points]), np.array([e.val_loss for e in points])
+            style = "--" if arm.control else "-"
             (line,) = ax.plot(x, y, marker="o", markersize=4, linestyle=style, label=name)
-            fit = (arm.get("power_law") or {}).get(key)
+            fit = (arm.power_law or {}).get(key)
             if fit and len(points) >= 2:
                 xs = np.geomspace(x.min(), x.max(), 20)
                 ax.plot(xs, fit[0] * xs ** -fit[1], color=line.get_color(), linewidth=0.8, alpha=0.6)
-        reference_lines(ax, summary.get("references"), vocab)
+        reference_lines(ax, summary.references, vocab)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ScalarFormatter())  # losses read as numbers, not powers of ten
@@ -115,13 +118,13 @@ def plot_frontier(summary: dict, vocab: int | None, path: Path) -> None:
     save(fig, path)
 
 
-def plot_by_position(summary: dict, refs: dict | None, path: Path) -> None:
+def plot_by_position(summary: Summary, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for name, arm in summary["arms"].items():
-        if arm.get("loss_by_position"):
-            y = arm["loss_by_position"]
-            ax.plot(range(1, len(y) + 1), y, linestyle="--" if arm["control"] else "-", label=name)
-    reference_lines(ax, refs, None)
+    for name, arm in summary.arms.items():
+        if arm.loss_by_position:
+            y = arm.loss_by_position
+            ax.plot(range(1, len(y) + 1), y, linestyle="--" if arm.control else "-", label=name)
+    reference_lines(ax, summary.references, None)
     ax.set_xscale("log")
     finish(fig, ax, "position in the window (tokens of context)", LOSS_LABEL,
            "validation loss by position at the largest budget (mean over seeds)", path)
@@ -141,3 +144,18 @@ def plot_sweep(lines: dict[str, list[tuple]], x_label: str, title: str, path: Pa
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_ylim(-0.03, 1.03)
     finish(fig, ax, x_label, "final " + ACC_LABEL, title, path)
+
+
+def plot_accuracy(sweep: Sweep | None, study: str, out_dir: Path) -> list[str]:
+    """Final accuracy against each swept difficulty key, and against width at the centre difficulty: the
+    files' names."""
+    if sweep is None:
+        return []
+    names = []
+    for key in sweep.swept + ([WIDTH] if sweep.width_swept else []):
+        name = f"val_acc_vs_{'width' if key == WIDTH else key.split('.', 1)[1]}.png"
+        what = f"{key} ({DIFFICULTY[key]})" if key in DIFFICULTY else f"width ({key})"
+        plot_sweep(sweep.slice(key), what, f"{study}: final validation accuracy vs {what} (bars: min-max "
+                   f"over seeds)", out_dir / name)
+        names.append(name)
+    return names

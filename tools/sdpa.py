@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
-from engine.bench import float32_exact, synchronize
+from tools.timing import float32_exact, synchronize
 
 # the aten op each backend runs (its backward op starts with the same name); CPU's flash op adds "_for_cpu"
 OP_BACKENDS = {"_scaled_dot_product_flash_attention": "FLASH_ATTENTION",

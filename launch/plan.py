@@ -2,7 +2,7 @@
 
 Two phases. Tuning: every arm with an lr grid trains each lr on the tuning seeds (`tune_seeds`) at
 every budget. Reporting: each arm trains the reported seeds at the lr its tuning seeds chose for each
-budget (`choose_lrs`, analysis/results.py). Without tune_seeds the tuning runs are the reported runs.
+budget (`choose_lrs`, launch/results.py). Without tune_seeds the tuning runs are the reported runs.
 
 Several budgets share runs (spec.share_runs, the wsd schedule): for one (arm, lr, seed) the largest
 budget trains straight and checkpoints at the step where each smaller budget starts its decay
@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from analysis.results import DIVERGED, lr_for
-from analysis.spec import BUDGET_KEYS, ArmSpec, StudySpec, as_overrides, in_root, shares_runs
+from config import Config, ConfigError, changed_keys, load_config
 from engine.budget import Budget
+from launch.paths import in_root, rel
+from launch.results import DIVERGED
+from launch.spec import BUDGET_KEYS, ArmSpec, StudySpec, shares_runs
+from schema import toml_literal
 
-ROOT = Path(__file__).resolve().parent.parent
 RECORD = "study_run.json"  # in each run folder: the train.py arguments it was started with
 
 
@@ -54,9 +57,8 @@ def budget_label(value: float) -> str:
     return f"{value:g}"
 
 
-def rel(path: Path) -> str:
-    """Inside the repository: relative to it (runs start there), so a moved checkout keeps its runs."""
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+def as_overrides(table: dict[str, Any]) -> list[str]:
+    return [f"--{k}={toml_literal(v, k)}" for k, v in table.items()]
 
 
 def arm_overrides(spec: StudySpec, arm: ArmSpec, budget: float | None = None) -> list[str]:
@@ -72,6 +74,15 @@ def arm_overrides(spec: StudySpec, arm: ArmSpec, budget: float | None = None) ->
     if shares_runs(spec):
         budgets["optim.schedule"] = "wsd"
     return as_overrides(spec.common) + as_overrides(arm.overrides) + as_overrides(budgets)
+
+
+def resolve_arm(spec: StudySpec, arm: ArmSpec, budget: float | None = None) -> Config:
+    """The arm's resolved config as its runs will see it at `budget` (the largest by default), but for
+    seed, lr and out_dir; checked now so that a mistake in the last arm fails before hours of training."""
+    try:
+        return load_config(in_root(arm.config), arm_overrides(spec, arm, budget))
+    except ConfigError as e:
+        raise ConfigError(f"arm {arm.name} ({arm.config}): {e}") from None
 
 
 def run_args(spec: StudySpec, arm: ArmSpec, lr: float, seed: int, budget: float, out_dir: Path,
@@ -112,6 +123,13 @@ def tuned_budgets(spec: StudySpec) -> list[float]:
     return [b for b in spec.budget.values if not spec.tune_budget or b <= spec.tune_budget]
 
 
+def lr_for(chosen: dict[str, dict[float, float]], arm: str, budget: float) -> tuple[float | None, float | None]:
+    """(lr, the budget it was tuned at): the choice at `budget`, or, for a budget larger than any tuned one,
+    the choice at the largest tuned budget below it (StudySpec.tune_budget)."""
+    tuned = sorted(b for b in chosen.get(arm, {}) if b <= budget)
+    return (chosen[arm][tuned[-1]], tuned[-1]) if tuned else (None, None)
+
+
 def tuning_runs(spec: StudySpec, steps: dict[str, dict[float, Budget]], only: list[str] = ()) -> list[Run]:
     """Every lr of every arm with a grid on the tuning seeds (the reported seeds when there are none), at
     the tuned budgets."""
@@ -123,7 +141,7 @@ def tuning_runs(spec: StudySpec, steps: dict[str, dict[float, Budget]], only: li
 
 def report_runs(spec: StudySpec, chosen: dict[str, dict[float, float]], default_lrs: dict[str, float],
                 steps: dict[str, dict[float, Budget]], only: list[str] = ()) -> list[Run]:
-    """The reported seeds of every arm at the lr chosen for each budget (results.lr_for); an arm without a
+    """The reported seeds of every arm at the lr chosen for each budget (lr_for); an arm without a
     grid at its one lr. Without tune_seeds, the grid arms' reported runs at the tuned budgets are the
     tuning runs."""
     runs = []
@@ -169,7 +187,6 @@ def changed_settings(trained: dict, args: list[str]) -> list[str]:
     """'section.key: then -> now' for each model, data and optim setting that differs between a run's
     config.json and what its train.py arguments resolve to now (vocab_size 0 is resolved from the data
     at train time, so it matches whatever was resolved)."""
-    from config import changed_keys, load_config
     now = json.loads(json.dumps(load_config(in_root(args[0]), args[1:]).to_dict()))  # as config.json holds it
     changed = []
     for section in ("model", "data", "optim"):

@@ -1,9 +1,9 @@
 """The report's model outputs: a decoded sample per arm, each image arm's token images, and the
 pretrained GPT-2 reference loss.
 
-Both are cached in OUT/cache.json under a key made of everything they depend on (the checkpoint's
-sha256, the sampling settings, the evaluation windows), so rerunning a finished study neither
-recomputes them nor changes a character of the report.
+Samples and the GPT-2 loss are cached in OUT/cache.json under a key made of everything they depend on
+(the checkpoint's sha256, the sampling settings, the evaluation windows), so rerunning a finished study
+neither recomputes them nor changes a character of the report.
 """
 from __future__ import annotations
 
@@ -12,8 +12,17 @@ from pathlib import Path
 
 import torch
 
-from analysis.results import RunResult
-from analysis.spec import SampleSpec, in_root
+from engine.checkpoint import CheckpointError
+from launch.paths import in_root
+from launch.results import RunResult
+from launch.spec import SampleSpec, StudySpec
+from reporting.cells import Cell
+from reporting.sweep import is_synthetic
+
+
+# What a finished run's model outputs can meet: no (valid) checkpoint, data or meta.json that cannot be read,
+# a prompt its tokenizer cannot encode (DataError and ConfigError are ValueErrors); the report says which
+OUTPUT_ERRORS = (CheckpointError, OSError, ValueError)
 
 
 class Cache:
@@ -64,10 +73,10 @@ def sample_text(run: RunResult, s: SampleSpec, cache: Cache) -> tuple[str, str]:
 
 def draw_images(run: RunResult, s: SampleSpec, out_dir: Path) -> list[Path]:
     """The run's painted and mixed images (and idea 2's attention) for the sample prompt, as PNG files in
-    out_dir (analysis/images.py); NoImages for a model that paints none. On the CPU, as sample_text."""
-    from analysis.images import render, token_images
+    out_dir (reporting/images.py); NoImages for a model that paints none. On the CPU, as sample_text."""
     from data.tokenizer import load_tokenizer
     from engine.checkpoint import load_for_inference
+    from reporting.images import render, token_images
 
     model, _, meta = load_for_inference(str(run.path), "cpu")
     tok = load_tokenizer(meta)
@@ -88,7 +97,15 @@ def load_gpt2_quietly() -> tuple[object | None, str]:
 
 def gpt2_reference(run: RunResult, cache: Cache) -> tuple[dict | None, str]:
     """Pretrained GPT-2 (124M) scored on exactly the validation windows train.py scores this run on
-    (its seed, batch size, eval_iters, block_size): ({loss, tokens, block_size}, "") or (None, why)."""
+    (its seed, batch size, eval_iters, block_size): ({loss, tokens, block_size}, "") or (None, why): weights
+    that do not load (offline, no transformers), data that is not GPT-2 BPE text or cannot be read."""
+    try:
+        return score_gpt2(run, cache)
+    except OUTPUT_ERRORS as e:  # the row is an extra line of the report; the report says why it is missing
+        return None, f"failed: {type(e).__name__}: {e}"
+
+
+def score_gpt2(run: RunResult, cache: Cache) -> tuple[dict | None, str]:
     from data import SYNTHETIC_TASKS
     from data.loader import TokenDataset
     from engine.evaluation import eval_batch, score_batch
@@ -121,3 +138,44 @@ def gpt2_reference(run: RunResult, cache: Cache) -> tuple[dict | None, str]:
     cache.put(key, value)
     return value, ""
 
+
+def gpt2_row(spec: StudySpec, base: Cell, cache: Cache) -> tuple[dict | None, str]:
+    """Pretrained GPT-2 on the baseline's validation windows when the study asks for it, or why not."""
+    if spec.reference != "gpt2":
+        return None, "the study file sets reference = \"\""
+    if not base.runs:
+        return None, "no finished baseline run"
+    return gpt2_reference(base.runs[0], cache)
+
+
+def sample_arms(top: list[Cell], sample: SampleSpec, cache: Cache) -> dict[str, tuple[str, str] | str]:
+    """{arm: (prompt, continuation) of its first reported seed, or why it has none}."""
+    out: dict[str, tuple[str, str] | str] = {}
+    for c in (c for c in top if c.runs):
+        if is_synthetic(c):
+            out[c.arm] = "a synthetic task: no text tokenizer"
+            continue
+        try:
+            out[c.arm] = sample_text(c.runs[0], sample, cache)
+        except OUTPUT_ERRORS as e:  # a run without checkpoints still gets its row in the report
+            out[c.arm] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def token_image_figures(top: list[Cell], sample: SampleSpec, out_dir: Path) -> dict[str, list[str] | str]:
+    """{image arm: its figures on the sample prompt (names relative to out_dir), or why it has none}; the
+    GPT and the front-only control paint nothing and have no entry."""
+    from reporting.images import NoImages  # matplotlib: only when drawing
+    out: dict[str, list[str] | str] = {}
+    for c in top:
+        if not c.runs or is_synthetic(c):
+            continue
+        try:
+            paths = draw_images(c.runs[0], sample, out_dir / "images" / c.arm)
+        except NoImages:
+            continue
+        except OUTPUT_ERRORS as e:  # a run without checkpoints still gets its line
+            out[c.arm] = f"{type(e).__name__}: {e}"
+            continue
+        out[c.arm] = [p.relative_to(out_dir).as_posix() for p in paths]
+    return out

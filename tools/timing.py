@@ -3,7 +3,7 @@
     batches = random_batches(batch_size, block_size, vocab_size, n_micro, seed)   # ids on the CPU
     seconds = time_steps(model, optimizer, batches, rt, grad_clip, steps, warmup)  # one per timed step
     figures = rates(ms_per_iter, tokens_per_iter, flops_per_token, peak)           # tokens/s, FLOP/s, MFU
-    reset_peak_memory(device); ...; peak_memory_bytes(device)
+    reset_peak_memory(device); ...; engine.perf.peak_memory_bytes(device)
     time_ms(fn, device)                              # median milliseconds of a call, synchronised
     free_memory()                                    # garbage and the allocator's cached blocks
     row, why = catch_oom(fn, cleanup)                # None and the reason when the GPU ran out of memory
@@ -22,7 +22,6 @@ from typing import Callable
 
 import torch
 
-from engine.perf import peak_memory_bytes  # noqa: F401  (part of this module's toolkit)
 from engine.runtime import Runtime
 from engine.trainer import train_step
 

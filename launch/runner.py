@@ -2,7 +2,7 @@
 (CPU studies: `jobs`), or through torchrun over all GPUs; a line per run with its position, the
 measured pace and an estimate of the time left.
 
-A ladder (analysis/plan.py: a budget's top run and the shorter budgets that continue from its fork
+A ladder (launch/plan.py: a budget's top run and the shorter budgets that continue from its fork
 checkpoints) always trains in order in one process; ladders are independent of each other, so a CPU
 study with jobs = 2 trains two ladders at a time, each with half the cores. Every run is deterministic
 given its seed (the thread count is fixed per run), whatever ran beside it; its wall-clock is measured
@@ -22,10 +22,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from analysis.plan import RECORD, Run, rel
-from analysis.results import DIVERGED
-
-ROOT = Path(__file__).resolve().parent.parent
+from launch.paths import ROOT, rel
+from launch.plan import RECORD, Run
+from launch.results import DIVERGED
 STDERR_TAIL = 25  # lines of a failed run's stderr to show
 
 

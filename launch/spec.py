@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schema import ConfigError, build, load_toml, option, toml_literal
+from launch.paths import in_root
+from schema import ConfigError, build, load_toml, option
 
 # [budget] key -> the train.py key that carries it
 BUDGET_KEYS = {"flops": "train.max_flops", "time_s": "train.max_time_s", "tokens": "train.max_tokens",
@@ -35,13 +36,6 @@ BUDGET_KEYS = {"flops": "train.max_flops", "time_s": "train.max_time_s", "tokens
 STUDY_KEYS = ("train.out_dir", "train.seed", "train.init_from", "train.n_evals", "wandb.group", "wandb.run_name",
               "train.fork_steps", *BUDGET_KEYS.values())
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a folder name and part of a wandb id
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def in_root(path: str | Path) -> Path:
-    """Paths inside a study file are relative to the repository root, wherever study.py is started."""
-    path = Path(path)
-    return path if path.is_absolute() else ROOT / path
 
 
 @dataclass
@@ -131,10 +125,6 @@ def flatten(table: Any, where: str, prefix: str = "") -> dict[str, Any]:
         else:
             out[dotted] = value
     return out
-
-
-def as_overrides(table: dict[str, Any]) -> list[str]:
-    return [f"--{k}={toml_literal(v, k)}" for k, v in table.items()]
 
 
 def _check_arm(arm: ArmSpec, where: str) -> ArmSpec:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.results import Cell
+from reporting.cells import Cell
 from data import SYNTHETIC_TASKS
 
 DIFFICULTY = {"data.task_pairs": "K", "model.block_size": "T", "data.task_vocab": "V"}  # key -> short name

@@ -1,0 +1,385 @@
+"""The sections of report.md, listed once in SECTIONS in the order they appear, and the Report they read:
+everything built from the finished runs (the typed summary, the cells, the model outputs) and the figures
+drawn from it. A section is a title and a function of the Report that gives its lines (none: the section
+is left out); every number comes from the summary, so report.md and summary.json cannot disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from engine.setup import tokens_per_step
+from launch.spec import StudySpec
+from reporting.cells import Cell
+from reporting.summary import ArmSummary, Summary
+from reporting.sweep import DIFFICULTY, WIDTH, Sweep, acc_table, is_synthetic
+
+BUDGET_WORDS = {"flops": "training FLOPs", "time_s": "seconds of training wall-clock (evaluation excluded)",
+                "tokens": "training tokens", "iters": "optimizer steps"}
+AXIS_WORDS = {"flops": "FLOPs", "time_s": "wall-clock", "tokens": "tokens"}
+
+
+@dataclass
+class Figures:
+    """The files drawn for the report, by name relative to its folder."""
+    curves: list[str] = field(default_factory=list)       # loss (and accuracy) curves, then loss by position
+    accuracy: list[str] = field(default_factory=list)     # accuracy against each swept setting
+    images: dict[str, list[str] | str] = field(default_factory=dict)  # image arm: its figures, or why none
+
+
+@dataclass
+class Report:
+    """What the sections read."""
+    spec: StudySpec
+    text: str                                   # the study file
+    summary: Summary
+    cells: dict[tuple[str, float], Cell]
+    top: list[Cell]                             # each arm at the largest budget, in study order
+    vocab: int | None
+    sweep: Sweep | None                         # synthetic arms: accuracy against difficulty
+    gpt2: tuple[dict | None, str]               # the pretrained GPT-2 row, or why there is none
+    samples: dict[str, tuple[str, str] | str]   # arm: (prompt, continuation), or why there is none
+    figures: Figures = field(default_factory=Figures)
+
+    @property
+    def largest_budget(self) -> str:
+        return f"{self.summary.budgets[-1]:g} {BUDGET_WORDS[self.summary.budget_kind]}"
+
+
+def na(value, fmt: Callable[[float], str] = lambda v: f"{v:.4f}") -> str:
+    return "n/a" if value is None else fmt(value)
+
+
+def signed(value: float | None) -> str:
+    """A difference in nats, its sign shown."""
+    return na(value, lambda v: f"{v:+.3f}")
+
+
+def ci(pair: list[float] | None) -> str:
+    return "n/a" if pair is None else f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+
+
+def table(rows: list[list[str]], header: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def role(name: str, arm: ArmSummary, baseline: str) -> str:
+    return "baseline" if name == baseline else "control" if arm.control else "subject"
+
+
+def results_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    """The main table: every arm at the largest budget."""
+    header = ["arm", "role", "lr", "seeds", "parameters", "FLOPs/token", "tokens seen", "train time (s)",
+              "val loss", "95% CI", "eval SE", "bits/byte", "minus bigram", f"Δ vs {summary.baseline}",
+              "Δ 95% CI", "loss, first quarter", "loss, last quarter", "tokens/s", "MFU"]
+    acc = any(arm.top.val_acc is not None for arm in summary.arms.values())
+    recompute = any((arm.hardware_flops_per_token or 0) > (arm.flops_per_token or 0) for arm in summary.arms.values())
+    header += (["hardware FLOPs/token"] if recompute else []) + (["val acc"] if acc else [])
+    rows = []
+    for name, arm in summary.arms.items():
+        e = arm.top
+        lr = na(e.lr, lambda v: f"{v:g}") + (" (edge)" if e.lr_at_edge else "")
+        rows.append([name, role(name, arm, summary.baseline), lr, str(len(e.seeds)),
+                     na(arm.parameters, lambda v: f"{v:,}"), na(arm.flops_per_token, lambda v: f"{v:.4g}"),
+                     na(e.tokens, lambda v: f"{round(v):,}"), na(e.time_s, lambda v: f"{v:.1f}"),
+                     na(e.val_loss), ci(e.val_loss_ci95), na(e.eval_se),
+                     na(e.bits_per_byte), signed(e.margin_to_bigram), signed(e.delta_vs_baseline),
+                     ci(e.delta_vs_baseline_ci95),
+                     na(e.loss_first_quarter), na(e.loss_last_quarter),
+                     na(arm.tokens_per_s, lambda v: f"{v:.4g}"), na(arm.mfu, lambda v: f"{100 * v:.1f}%")]
+                    + ([na(arm.hardware_flops_per_token, lambda v: f"{v:.4g}")] if recompute else [])
+                    + ([na(e.val_acc)] if acc else []))
+    return header, rows
+
+
+def main_table(summary: Summary) -> str:
+    """The results table cut to what the terminal shows at the end of a study."""
+    header, rows = results_rows(summary)
+    keep = [header.index(h) for h in ("arm", "role", "lr", "val loss", "95% CI", "bits/byte", "minus bigram",
+                                      f"Δ vs {summary.baseline}", "Δ 95% CI")]
+    return "\n".join(table([[r[i] for i in keep] for r in rows], [header[i] for i in keep]))
+
+
+def heading(r: Report) -> list[str]:
+    return [f"# Study {r.spec.name}", ""] + ([r.spec.description, ""] if r.spec.description else []) + [
+        budget_line(r.spec), ""]
+
+
+def budget_line(spec: StudySpec) -> str:
+    kind = spec.budget.kind
+    values = ", ".join(f"{v:g}" for v in spec.budget.values)
+    shared = (" Smaller budgets continue from the largest budget's run at the step where their own wsd decay "
+              "starts (bit-identical to training them alone)." if len(spec.budget.values) > 1 and spec.share_runs
+              and kind != "time_s" else "")
+    return (f"Budgets per run: {values} {BUDGET_WORDS[kind]}, the same for every arm; {spec.n_evals} evaluations "
+            f"at even fractions of each; reported seeds {spec.seeds}"
+            f"{f', learning rates tuned on seeds {spec.tune_seeds}' if spec.tune_seeds else ''}.{shared}")
+
+
+def notes(r: Report) -> list[str]:
+    return [r.spec.notes.strip(), ""] if r.spec.notes else []
+
+
+def references(r: Report) -> list[str]:
+    refs, vocab = r.summary.references, r.vocab
+    if refs is None:
+        return []
+    rows = [[name, f"{value:.4f}", na(bits)] for name, value, bits in [
+        ("uniform", refs.uniform, refs.uniform_bits_per_byte), ("unigram", refs.unigram, refs.unigram_bits_per_byte),
+        ("bigram", refs.bigram, refs.bigram_bits_per_byte)]]
+    return [f"Cross-entropy of simple models on exactly the validation windows the arms are scored on ({refs.tokens:,} "
+            f"tokens, {refs.bytes:,} bytes of text): a uniform guess over the {vocab} ids (ln V), the unigram "
+            "model of the train split (add-one smoothing) and its bigram model (interpolated Witten-Bell). A model "
+            "at the unigram level has learned nothing about mixing tokens; one above the bigram uses at most the "
+            "previous token.", ""] + table(rows, ["reference", "nats/token", "bits/byte"]) + [""]
+
+
+def results(r: Report) -> list[str]:
+    header, rows = results_rows(r.summary)
+    lines = table(rows, header) + [""]
+    lines.append("Means over the reported seeds. The 95% intervals are percentile bootstraps over seeds and "
+                 "evaluation windows (every arm is scored on the same windows, and seed s gives every arm the same "
+                 "data order, so differences are paired); eval SE is the standard error of one run's loss over its "
+                 "windows (the evaluation noise). Bits per byte = nats/token x tokens / (bytes x ln 2) of the "
+                 "scored text. The first and last quarter are the mean loss at positions 1..T/4 and 3T/4..T of the "
+                 "window: a model that uses its context gets better along the window. '(edge)': the chosen lr is "
+                 "at the edge of its grid, so the optimum may lie outside it. FLOPs are model FLOPs (counted per "
+                 "model, equal for any hardware); hardware FLOPs add what activation checkpointing recomputes.")
+    value, why = r.gpt2
+    if r.spec.reference == "gpt2":
+        lines += ["", "Pretrained GPT-2 (124M, OpenAI's weights, not trained here) on the baseline's validation "
+                  "windows: " + (f"{value['loss']:.4f} nats/token." if value else f"skipped ({why}).")]
+    return lines + [""] + recipe_notes(r.top)
+
+
+def recipe_notes(top: list[Cell]) -> list[str]:
+    """Where the arms' recipes differ beyond the model: the optimizer's batch, or the validation windows."""
+    steps, windows = {}, {}
+    for c in top:
+        if c.runs:
+            m, t = c.runs[0].config["model"], c.runs[0].config["train"]
+            steps[c.arm] = f"{tokens_per_step(t['batch_size'], t['grad_accum'], m['block_size']):,}"
+            windows[c.arm] = f"{t.get('eval_batch_size') or t['batch_size']} x {t['eval_iters']} x {m['block_size']}"
+    notes = []
+    if len(set(steps.values())) > 1:
+        notes += ["Note: the arms train with different batches (tokens per optimizer step: "
+                  + ", ".join(f"{k} {v}" for k, v in steps.items()) + ").", ""]
+    if len(set(windows.values())) > 1:
+        notes += ["Note: the arms are scored on different validation windows (windows per batch x batches x tokens: "
+                  + ", ".join(f"{k} {v}" for k, v in windows.items()) + "); their differences are not paired.", ""]
+    return notes
+
+
+def verdict(r: Report) -> list[str]:
+    """One sentence per subject arm where the interval of its difference to the baseline excludes zero."""
+    base, kind = r.summary.baseline, r.summary.budget_kind
+    lines = []
+    for name, arm in r.summary.arms.items():
+        if name == base or arm.control:
+            continue
+        e = arm.top
+        interval = e.delta_vs_baseline_ci95
+        if interval is None or interval[0] <= 0 <= interval[1]:
+            lines.append(f"- {name}: no claim: the 95% interval of its difference to {base} "
+                         f"({ci(interval)}) includes zero or is missing.")
+            continue
+        word = "worse" if e.delta_vs_baseline > 0 else "better"
+        m = arm.compute_multiplier or []
+        mixing = mixing_clause(arm)
+        trend = ""
+        if len(m) >= 2 and m[0] and m[-1]:
+            trend = (f"; the compute multiplier goes from {m[0]:.3g} to {m[-1]:.3g} over the budgets, so the gap "
+                     f"{'widens' if m[-1] < m[0] else 'closes'} with compute" if abs(m[-1] / m[0] - 1) > 0.1
+                     else "; the compute multiplier stays about constant over the budgets")
+        lines.append(f"- {name} is {word} than {base} at {e.budget:g} {BUDGET_WORDS[kind]} by "
+                     f"{abs(e.delta_vs_baseline):.3f} nats/token (95% CI {ci(interval)}){trend}.{mixing}")
+    return lines + [""]
+
+
+def mixing_clause(arm: ArmSummary) -> str:
+    """What the arm's token mixer adds against the same block without mixing, where the study has it."""
+    interval = arm.top.delta_vs_mixing_ci95
+    if not arm.mixing or interval is None:
+        return ""
+    d = arm.top.delta_vs_mixing
+    if interval[0] <= 0 <= interval[1]:
+        return (f" Its mixer adds nothing measurable over the same block without mixing ({arm.mixing}: "
+                f"{d:+.3f} nats/token, 95% CI {ci(interval)}).")
+    return (f" Against the same block without mixing ({arm.mixing}) its mixer {'helps' if d < 0 else 'hurts'} by "
+            f"{abs(d):.3f} nats/token (95% CI {ci(interval)}).")
+
+
+def scaling(r: Report) -> list[str]:
+    summary = r.summary
+    budgets = summary.budgets
+    rows = []
+    for name, arm in summary.arms.items():
+        by_budget = {e.budget: e for e in arm.budgets}
+        losses = [na(by_budget[b].val_loss) for b in budgets]
+        fit = (arm.power_law or {}).get("flops")
+        mult = arm.compute_multiplier_by_axis or {}
+        cells = [" / ".join(na(v, lambda x: f"{x:.3g}") for v in mult.get(axis, [None] * len(budgets)))
+                 if mult else "baseline" for axis in ("flops", "time_s", "tokens")]
+        rows.append([name, *losses, na(fit[1] if fit else None, lambda v: f"{v:.3f}"), *cells])
+    header = ["arm", *[f"loss at {b:g}" for b in budgets], "power-law exponent (FLOPs)",
+              *[f"multiplier ({AXIS_WORDS[a]}), by budget" for a in ("flops", "time_s", "tokens")]]
+    return ["Final validation loss at each budget (mean over seeds), the exponent b of a power law L = a C^-b fitted "
+            "to it, and the compute multiplier: how many times the arm's compute (FLOPs, wall-clock or tokens) the "
+            f"baseline ({summary.baseline}) needs to reach the arm's loss, read off the baseline's own power law. "
+            "Below 1 the baseline is more efficient; a multiplier that falls with the budget means the gap widens "
+            "with compute. Outside the baseline's measured losses the law is extrapolated.", ""] + table(
+        rows, header) + ["", "![frontier.png](frontier.png)", ""]
+
+
+def health(r: Report) -> list[str]:
+    rows = []
+    for name, arm in r.summary.arms.items():
+        e, share = arm.top, arm.front_gradient_share
+        rows.append([name, signed(e.margin_to_bigram),
+                     f"{signed(e.delta_vs_front)} {ci(e.delta_vs_front_ci95)}" if arm.front else "—",
+                     signed(e.front_equal_tokens) if arm.front else "—",
+                     f"{signed(e.delta_vs_mixing)} {ci(e.delta_vs_mixing_ci95)}" if arm.mixing else "—",
+                     f"{share[0]:.3f} → {share[1]:.3f}" if share else "n/a", "; ".join(arm.health) or "ok"])
+    return ["An arm that sits at the unigram level, or that is worse than its own front (the same embedding and "
+            "warm-up without the image stage) at equal tokens, shows a defect before it shows a result; worse at "
+            "equal FLOPs only, its block costs more than it adds. 'Equal tokens' reads the front's loss at the "
+            "arm's token count off the front's budgets (interpolated in log tokens). 'Δ vs no mixing' is the arm "
+            "against the same block with its mixer replaced by none: what the mixer adds. The gradient share is "
+            "the norm of the gradient reaching the embedding and front blocks over the whole gradient norm, at the "
+            "first and last logged step (metrics.jsonl keeps every component's norm).", ""] + table(
+        rows, ["arm", "minus bigram", "Δ vs its front, equal FLOPs [95% CI]", "Δ vs its front, equal tokens",
+               "Δ vs no mixing [95% CI]", "front gradient share", "flags"]) + [""]
+
+
+def learning_rates(r: Report) -> list[str]:
+    spec = r.spec
+    tuned = [c for c in r.cells.values() if c.grid and c.tuned_at == c.budget]
+    rows = [[c.arm, f"{c.budget:g}", f"{g.lr:g}", na(g.loss), str(g.finished) + (f" ({g.diverged} diverged)" if
+            g.diverged else ""), ("**chosen**" + (" (edge)" if c.at_edge else "")) if g.lr == c.lr else ""]
+            for c in tuned for g in c.grid]
+    if not rows:
+        return []
+    on = (f"the tuning seeds {spec.tune_seeds}, disjoint from the reported seeds {spec.seeds}" if spec.tune_seeds
+          else "the reported seeds themselves (no tune_seeds: an optimistic choice)")
+    carried = (f" Budgets above {spec.tune_budget:g} take the lr chosen at {spec.tune_budget:g} (tune_budget); the "
+               f"table shows how much the choice moves between the tuned budgets." if spec.tune_budget
+               and spec.tune_budget < spec.budget.values[-1] else "")
+    return [f"Each arm with a grid is reported at each budget at the lr with the lowest "
+            f"mean final validation loss over {on}.{carried}", ""] + table(
+        rows, ["arm", "budget", "lr", "mean final val loss", "seeds finished", ""]) + [""]
+
+
+def accuracy(r: Report) -> list[str]:
+    """The accuracy table (a row per model and width, a column per difficulty setting) and the plots of
+    final accuracy against each swept difficulty key, and against width at the centre difficulty."""
+    sweep, plots = r.sweep, r.figures.accuracy
+    if sweep is None:
+        return []
+    centre = ", ".join(f"{k} = {sweep.centre[k]}" for k in [*DIFFICULTY, WIDTH])
+    lines = [f"Final validation accuracy (mean over seeds) of the arms on synthetic tasks, by model and width "
+             f"(rows) and difficulty setting (columns: K = data.task_pairs, T = model.block_size, V = "
+             f"data.task_vocab). The centre is each setting's most common value among the arms ({centre}); a "
+             f"plot along one setting keeps the arms at the centre of the others, the width plot those at the "
+             f"centre difficulty. Settings are read from the runs' config.json.", ""]
+    header, rows = acc_table(sweep)
+    lines += table(rows, header) + [""]
+    return lines + [f"![{p}]({p})" for p in plots] + ([""] if plots else [])
+
+
+def curves(r: Report) -> list[str]:
+    return [f"![{p}]({p})" for p in r.figures.curves] + [""]
+
+
+def samples(r: Report) -> list[str]:
+    finished = [c for c in r.top if c.runs]
+    if finished and all(is_synthetic(c) for c in finished):
+        return ["None: the arms train on synthetic tasks, whose tokens have no text tokenizer "
+                "to decode them; their accuracy is reported above.", ""]
+    s = r.spec.sample
+    lines = [f"Each arm's first reported seed at the largest budget, on the CPU: "
+             f"temperature {s.temperature}, top-k {s.top_k}, {s.max_new_tokens} new tokens, generator seed {s.seed}, "
+             f"prompt {'given in the study file' if s.prompt else f'the first {s.prompt_tokens} validation tokens'}.",
+             ""]
+    for c in finished:
+        sample = r.samples[c.arm]
+        if isinstance(sample, str):
+            lines += [f"**{c.arm}**: no sample ({sample})", ""]
+            continue
+        prompt, text = sample
+        body = (f"[prompt] {prompt}\n[continuation] {text}").replace("````", "` ` ` `")
+        lines += [f"**{c.arm}** (seed {c.runs[0].seed}, lr {c.lr:g}):", "", "````text", body, "````", ""]
+    return lines
+
+
+def token_images(r: Report) -> list[str]:
+    """One figure per image arm on the same prompt: what each token paints and what the CNN reads
+    (python visualize.py draws the same for any run and text)."""
+    lines = []
+    for c in r.top:
+        names = r.figures.images.get(c.arm)
+        if names is None:  # no run, a synthetic task, or a model that paints no images
+            continue
+        if isinstance(names, str):
+            lines += [f"**{c.arm}**: no images ({names})", ""]
+            continue
+        shown = [n for n in names if not n.rsplit("/", 1)[-1].startswith("painted")]
+        lines += [f"**{c.arm}** (seed {c.runs[0].seed}): painted images a_t in "
+                  + ", ".join(f"[{n}]({n})" for n in names if n not in shown), ""]
+        lines += [f"![{n}]({n})" for n in shown] + [""]
+    if not lines:
+        return []
+    s = r.spec.sample
+    prompt = "given in the study file" if s.prompt else f"the first {s.prompt_tokens} validation tokens"
+    return [f"Each image arm's first reported seed at the largest budget, on the sample prompt "
+            f"({prompt}): the causally mixed image A_t each token's CNN reads (one row per token, one colour "
+            f"scale per row), and for image attention its weights over the past. Does what a token needs lie "
+            f"next to it?", ""] + lines
+
+
+def environment(r: Report) -> list[str]:
+    seen: dict[str, list[str]] = {}
+    for c in r.top:
+        for r in c.runs:
+            j = r.run
+            git = j.get("git") or {}
+            name = j.get("device_name")
+            line = (f"{name + ' (' + str(j.get('device')) + ')' if name else j.get('device')}, {j.get('world_size')} "
+                    f"process(es), {j.get('dtype')}, {j.get('threads')} threads, torch {j.get('torch')}, python "
+                    f"{j.get('python')}, commit {(git.get('commit') or 'unknown')[:12]}"
+                    f"{' (uncommitted changes)' if git.get('dirty') else ''}")
+            if c.arm not in seen.setdefault(line, []):
+                seen[line].append(c.arm)
+    return [f"- {k}: {', '.join(v)}" for k, v in seen.items()] + [""]
+
+
+def study_file(r: Report) -> list[str]:
+    return ["```toml", r.text.rstrip("\n"), "```", ""]
+
+
+# (title, section) in the order of report.md; a title is formatted with the Report as r
+SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
+    ("", heading),
+    ("Notes", notes),
+    ("References", references),
+    ("Results at the largest budget ({r.largest_budget})", results),
+    ("Verdict", verdict),
+    ("Loss against compute", scaling),
+    ("Training health", health),
+    ("Learning rates", learning_rates),
+    ("Accuracy against difficulty", accuracy),
+    ("Curves", curves),
+    ("Samples", samples),
+    ("Token images", token_images),
+    ("Hardware and code", environment),
+    ("Study file", study_file),
+]
+
+
+def render(r: Report) -> str:
+    """report.md: every section that has lines, under its title."""
+    lines = []
+    for title, section in SECTIONS:
+        body = section(r)
+        if body:
+            lines += ([f"## {title.format(r=r)}", ""] if title else []) + body
+    return "\n".join(lines)

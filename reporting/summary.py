@@ -1,0 +1,273 @@
+"""Every figure of a study in one typed summary (written as summary.json), from which report.md is
+rendered, so the two cannot disagree.
+
+Per arm and budget: the final validation loss over the reported seeds with a 95% interval (bootstrap
+over seeds and evaluation windows), its evaluation noise (standard error over windows), bits per
+byte, the margin to the bigram reference, the paired difference to the baseline with its interval
+(same seed = same data order and evaluation windows in both arms), the loss early and late in the
+window (context use), and the compute multiplier on three axes (training FLOPs, wall-clock, tokens).
+
+summary.json is `to_json(summary)`: dataclasses.asdict, but for the figures an entry could not compute
+(no evaluation windows, no references, no arm to compare with), which it leaves out instead of writing
+null; a reader tells "not computed" from "computed, but undefined" by the key.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+import numpy as np
+
+from launch.results import RunResult, read_jsonl
+from launch.spec import StudySpec
+from reporting.cells import Cell
+from reporting.references import Reference
+from reporting.stats import bootstrap_mean_ci, compute_multiplier, fit_power_law, standard_error
+
+AXES = ("flops", "time_s", "tokens")  # the three meanings of equal compute
+STUCK = 0.05  # nats/token: a final loss this close to the unigram reference (or above it) learned nothing else
+IF_COMPUTED = {"written": lambda entry, value: value is not None}
+
+
+def figure() -> Any:
+    """A figure written to summary.json only where it was computed."""
+    return field(default=None, metadata=IF_COMPUTED)
+
+
+@dataclass
+class BudgetEntry:
+    """One arm at one budget, over its reported seeds."""
+    budget: float
+    lr: float | None = None
+    lr_at_edge: bool = False
+    seeds: list[int] = field(default_factory=list)
+    flops: float | None = None
+    time_s: float | None = None
+    tokens: float | None = None
+    val_loss: float | None = None
+    val_loss_ci95: list[float] | None = figure()
+    eval_se: float | None = figure()
+    bits_per_byte: float | None = figure()
+    margin_to_bigram: float | None = figure()
+    delta_vs_baseline: float | None = figure()
+    delta_vs_baseline_ci95: list[float] | None = figure()
+    delta_vs_front: float | None = figure()
+    delta_vs_front_ci95: list[float] | None = figure()
+    delta_vs_mixing: float | None = figure()
+    delta_vs_mixing_ci95: list[float] | None = figure()
+    loss_first_quarter: float | None = figure()
+    loss_last_quarter: float | None = figure()
+    val_acc: float | None = figure()
+    # at the largest budget of an arm with a front: its loss minus the front's at equal tokens (null outside
+    # the front's range of tokens)
+    front_equal_tokens: float | None = field(default=None, metadata={"written": lambda e, _: e.compared_to_front})
+    compared_to_front: bool = field(default=False, metadata={"written": lambda *_: False})
+
+
+@dataclass
+class ArmSummary:
+    model: str | None
+    control: bool
+    front: str | None
+    mixing: str | None
+    lr_grid: list[float]
+    lr: float | None                   # at the largest budget
+    lr_at_edge: bool
+    budgets: list[BudgetEntry]         # by FLOPs (else budget)
+    loss_by_position: list[float] | None
+    compute_multiplier: list[float | None] | None                      # FLOPs, by budget; None: the baseline
+    compute_multiplier_by_axis: dict[str, list[float | None]] | None   # {axis: by budget}
+    power_law: dict[str, list[float] | None]                           # {axis: [a, b] of L = a C^-b}
+    parameters: int | None
+    flops_per_token: float | None
+    hardware_flops_per_token: float | None
+    tokens_per_s: float | None
+    mfu: float | None
+    peak_memory_bytes: int | None
+    front_gradient_share: list[float] | None
+    health: list[str] = field(default_factory=list)
+
+    @property
+    def top(self) -> BudgetEntry:
+        """The entry at the largest budget."""
+        return max(self.budgets, key=lambda e: e.budget)
+
+
+@dataclass
+class Summary:
+    study: str
+    budget_kind: str
+    budgets: list[float]
+    seeds: list[int]
+    tune_seeds: list[int]
+    baseline: str
+    references: Reference | None
+    arms: dict[str, ArmSummary]
+
+
+def to_json(value: Any) -> Any:
+    """dataclasses.asdict, leaving out the fields whose metadata says they are not written."""
+    if is_dataclass(value):
+        out = {}
+        for f in fields(value):
+            item = getattr(value, f.name)
+            if f.metadata.get("written", lambda *_: True)(value, item):
+                out[f.name] = to_json(item)
+        return out
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    return value
+
+
+def paired(cell: Cell, base: Cell) -> np.ndarray | None:
+    """(seeds, windows) loss differences cell - base over the seeds both finished, or None."""
+    a, b = cell.windows(), base.windows()
+    if a is None or b is None:
+        return None
+    seeds = sorted({r.seed for r in cell.runs} & {r.seed for r in base.runs})
+    rows = [[r.seed for r in cell.runs].index(s) for s in seeds], [[r.seed for r in base.runs].index(s) for s in seeds]
+    return (a[rows[0]] - b[rows[1]]) if seeds else None
+
+
+def delta(cell: Cell, other: Cell | None) -> tuple[float | None, list[float] | None]:
+    """(mean paired difference cell - other, its 95% interval), or (None, None) without both."""
+    d = paired(cell, other) if other is not None and other is not cell else None
+    if d is None:
+        return None, None
+    mean, lo, hi = bootstrap_mean_ci(d)
+    return mean, [lo, hi]
+
+
+def budget_entry(cell: Cell, ref: Reference | None, baseline: Cell | None = None, front: Cell | None = None,
+                 mixing: Cell | None = None) -> BudgetEntry:
+    """The figures of one arm at one budget (see the module docstring), with its paired differences to
+    the cells of the arms it is compared with at the same budget."""
+    e = BudgetEntry(cell.budget, cell.lr, cell.at_edge, [r.seed for r in cell.runs],
+                    *(cell.mean(axis) for axis in AXES))
+    if not cell.runs:
+        return e
+    e.val_loss = float(np.mean(cell.finals))
+    windows = cell.windows()
+    if windows is not None:
+        _, lo, hi = bootstrap_mean_ci(windows)
+        e.val_loss_ci95, e.eval_se = [lo, hi], float(np.mean([standard_error(w) for w in windows]))
+    if ref is not None:
+        e.bits_per_byte, e.margin_to_bigram = ref.bits_per_byte(e.val_loss), e.val_loss - ref.bigram
+    e.delta_vs_baseline, e.delta_vs_baseline_ci95 = delta(cell, baseline)
+    e.delta_vs_front, e.delta_vs_front_ci95 = delta(cell, front)
+    e.delta_vs_mixing, e.delta_vs_mixing_ci95 = delta(cell, mixing)
+    by_position = cell.by_position()
+    if by_position is not None:
+        q = max(1, len(by_position) // 4)
+        e.loss_first_quarter, e.loss_last_quarter = float(by_position[:q].mean()), float(by_position[-q:].mean())
+    if cell.accs:
+        e.val_acc = float(np.mean(cell.accs))
+    return e
+
+
+def multipliers(arm_entries: list[BudgetEntry], base_entries: list[BudgetEntry]) -> tuple[dict, dict]:
+    """({axis: [multiplier per budget]}, {axis: [a, b] of the arm's own power law}) on each axis. The
+    multiplier says how many times the arm's compute the baseline needs for the arm's loss (its power
+    law, fitted on its budgets): < 1 means the baseline is more efficient. None where it cannot be
+    computed (under two baseline points, or the arm lacks the axis)."""
+    out, fits = {}, {}
+    for axis in AXES:
+        bx = [(getattr(e, axis), e.val_loss) for e in base_entries if getattr(e, axis) and e.val_loss]
+        ax = [(getattr(e, axis), e.val_loss) for e in arm_entries if getattr(e, axis) and e.val_loss]
+        fits[axis] = list(fit_power_law(*map(np.asarray, zip(*ax)))) if len(ax) >= 2 else None
+        if len(bx) < 2:
+            out[axis] = [None for _ in arm_entries]
+            continue
+        base_fit = fit_power_law(*map(np.asarray, zip(*bx)))
+        out[axis] = [compute_multiplier(getattr(e, axis), e.val_loss, base_fit) if getattr(e, axis) and e.val_loss
+                     else None for e in arm_entries]
+    return out, fits
+
+
+def front_gradient_share(run: RunResult) -> list[float] | None:
+    """[first, last] share of the gradient norm that reaches the front (embedding + front blocks) at the
+    logged steps: a share that collapses means the image stage stopped passing gradient back."""
+    lines = [m for m in read_jsonl(run.path / "metrics.jsonl") if "grad_norm" in m and m["grad_norm"] > 0]
+    if not lines:
+        return None
+    share = [math.hypot(m.get("grad_norm_embedding", 0.0), m.get("grad_norm_front", m.get("grad_norm_blocks", 0.0)))
+             / m["grad_norm"] for m in lines]
+    return [share[0], share[-1]]
+
+
+def at_equal_tokens(entry: BudgetEntry, front_entries: list[BudgetEntry]) -> float | None:
+    """The arm's loss minus its front's at the arm's own token count, the front's final losses over its
+    budgets interpolated linearly in log tokens; None outside the front's range. At equal FLOPs an image
+    arm sees several times fewer tokens than its front: this separates what its block does per token
+    (a defect if it hurts) from what it costs."""
+    points = sorted((e.tokens, e.val_loss) for e in front_entries if e.tokens and e.val_loss)
+    x = entry.tokens
+    if len(points) < 2 or not x or entry.val_loss is None or not points[0][0] <= x <= points[-1][0]:
+        return None
+    xs, ys = zip(*points)
+    return entry.val_loss - float(np.interp(math.log(x), np.log(xs), ys))
+
+
+def health(top: BudgetEntry, front_top: BudgetEntry | None, ref: Reference | None) -> list[str]:
+    """Flags for an arm at the largest budget: stuck at the unigram level while its front passes the
+    bigram; worse than its own front alone at equal tokens (what the block does per token: a defect to
+    look for) by more than twice the evaluation noise; worse at equal FLOPs (interval above zero: the
+    block costs more than it adds)."""
+    flags = []
+    if top.val_loss is None:
+        return ["no finished run"]
+    if ref is not None and top.val_loss >= ref.unigram - STUCK:
+        front_ok = front_top is not None and (front_top.val_loss or math.inf) < ref.bigram
+        flags.append("stuck at the unigram level" + (" while its front passes the bigram" if front_ok else ""))
+    per_token = top.front_equal_tokens
+    if per_token is not None and per_token > 2 * (top.eval_se or 0):
+        flags.append(f"worse than its own front at equal tokens by {per_token:.3f} nats/token")
+    ci = top.delta_vs_front_ci95
+    if ci is not None and ci[0] > 0:
+        flags.append(f"worse than its own front at equal FLOPs by {top.delta_vs_front:.3f} nats/token (95% CI "
+                     f"{ci[0]:.3f} to {ci[1]:.3f})")
+    return flags
+
+
+def arm_summary(spec: StudySpec, name: str, cells: dict[tuple[str, float], Cell], model: str | None,
+                entries: list[BudgetEntry], base_entries: list[BudgetEntry], base: str) -> ArmSummary:
+    """An arm over its budgets: the entries, its lr grid, multipliers, power laws and efficiency figures."""
+    budgets = spec.budget.values
+    arm = next(a for a in spec.arms if a.name == name)
+    mult, fits = multipliers(entries, base_entries)
+    top = cells[(name, budgets[-1])]
+    grid = sorted({g.lr for b in budgets for g in cells[(name, b)].grid})
+    by_position = top.by_position()
+    return ArmSummary(
+        model=model, control=arm.control, front=arm.front or None, mixing=arm.mixing or None,
+        lr_grid=grid or [top.lr], lr=top.lr, lr_at_edge=top.at_edge,
+        budgets=sorted(entries, key=lambda e: e.flops or e.budget),
+        loss_by_position=by_position.tolist() if by_position is not None else None,
+        compute_multiplier=None if name == base else mult["flops"],
+        compute_multiplier_by_axis=None if name == base else mult, power_law=fits,
+        parameters=top.first("parameters"), flops_per_token=top.first("flops_per_token"),
+        hardware_flops_per_token=top.first("hardware_flops_per_token"),
+        tokens_per_s=top.mean("tokens_per_s"), mfu=top.mean("mfu"),
+        peak_memory_bytes=max((r.result.get("peak_memory_bytes") or 0 for r in top.runs), default=None),
+        front_gradient_share=front_gradient_share(top.runs[0]) if top.runs else None)
+
+
+def summarize(spec: StudySpec, cells: dict[tuple[str, float], Cell], models: dict[str, str], base: str,
+              ref: Reference | None) -> Summary:
+    budgets = spec.budget.values
+    base_entries = [budget_entry(cells[(base, b)], ref) for b in budgets]
+    arms = {}
+    for arm in spec.arms:
+        entries = [budget_entry(cells[(arm.name, b)], ref, baseline=cells[(base, b)],
+                                front=cells[(arm.front, b)] if arm.front else None,
+                                mixing=cells[(arm.mixing, b)] if arm.mixing else None) for b in budgets]
+        arms[arm.name] = arm_summary(spec, arm.name, cells, models.get(arm.name), entries, base_entries, base)
+    for arm in spec.arms:  # the front's own entries are complete only now
+        top, front_top = arms[arm.name].top, arms[arm.front].top if arm.front else None
+        if arm.front:
+            top.front_equal_tokens, top.compared_to_front = at_equal_tokens(top, arms[arm.front].budgets), True
+        arms[arm.name].health = health(top, front_top, ref)
+    return Summary(spec.name, spec.budget.kind, budgets, spec.seeds, spec.tune_seeds, base, ref, arms)
