@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from analysis.stats import bootstrap_mean_ci  # noqa: E402
+from reporting.stats import bootstrap_mean_ci  # noqa: E402
 from data.synthetic import SyntheticTask  # noqa: E402
 
 
