@@ -1,9 +1,9 @@
 """Shared test fixtures (the tiny dataset and run live in engine/smoke.py, which scripts use too)."""
 from __future__ import annotations
 
-from engine.smoke import ROOT, tiny_overrides, write_char_dataset
+from engine.smoke import ROOT, tiny_overrides, write_byte_dataset, write_char_dataset
 
-__all__ = ["ROOT", "tiny_overrides", "write_char_dataset"]
+__all__ = ["ROOT", "tiny_overrides", "write_byte_dataset", "write_char_dataset"]
 
 
 def model_variants() -> list[tuple[str, dict]]:
