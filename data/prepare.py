@@ -1,15 +1,15 @@
 """Prepare a token dataset: text -> OUT_ROOT/NAME/{train,val}.bin (flat uint16 ids) + meta.json.
 
-    python data/prepare.py owt_byte                    # built-in: owt_sample, owt_char, owt_byte, shakespeare,
-                                                       #           shakespeare_char
+    python data/prepare.py owt_byte                    # built-in: owt_sample, owt_char, owt_byte, shakespeare(_char)
     python data/prepare.py openwebtext --num_proc 8    # the Hugging Face hub (~54 GB download, ~9B tokens)
     python data/prepare.py my_corpus --files a.txt b.jsonl [--tokenizer char|byte] [--val_fraction 0.05]
 
 Documents: a .txt file is one document (blank lines are kept as text: splitting there would cut plays and
 chapters into pieces); each line of a .jsonl file is an object whose "text" is one document.
 GPT-2 BPE appends <|endoftext|> after every document, as GPT-2 was trained; the char and byte tokenizers
-append nothing (byte: UTF-8 bytes, ids 0-255, any text). Split: with several documents a seeded random subset of whole documents is the validation split,
-so no document straddles both; a single document gives its last val_fraction of tokens to validation.
+append nothing (byte: UTF-8 bytes, ids 0-255, any text). Split: with several documents a seeded random
+subset of whole documents is the validation split, so no document straddles both; a single document gives
+its last val_fraction of tokens to validation.
 Engines (same ids): "memory" keeps a local corpus in RAM; "datasets" tokenizes with Hugging Face datasets
 in parallel into an on-disk cache and writes batch by batch into a np.memmap, so memory stays bounded even
 for OpenWebText (openwebtext always uses it; --engine datasets for large local .jsonl corpora).
