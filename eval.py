@@ -6,7 +6,8 @@
 
 The files are tokenized with the run's tokenizer as data/prepare.py does it: a .txt file is one
 document, each line of a .jsonl file is one ({"text": ...}); GPT-2 BPE appends <|endoftext|> after
-every document, the char tokenizer nothing. The files are joined in the order given into one stream
+every document, the char and byte tokenizers nothing. GPT-2 BPE and bytes encode any text; a char model
+only the characters of its training data. The files are joined in the order given into one stream
 of n ids, and each of its n-1 predictable tokens is scored exactly once; a file's figures are those of
 its own tokens (the first file's first token has nothing before it and is not scored).
 
@@ -127,8 +128,8 @@ def read_files(files: list[str], tokenizer) -> tuple[np.ndarray, np.ndarray]:
         except DataError:  # names the file and the fix already
             raise
         except ValueError as e:  # a character outside a char model's vocabulary (the only other failure)
-            raise ValueError(f"{path}: {e}; remove or replace it, or score a run with a GPT-2 BPE tokenizer "
-                             f"(which encodes any text)") from None
+            raise ValueError(f"{path}: {e}; remove or replace it, or score a run with a byte or GPT-2 BPE "
+                             f"tokenizer (which encode any text)") from None
     offsets = np.cumsum([0] + [len(c) for c in chunks])
     return (np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)), offsets
 

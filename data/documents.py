@@ -2,7 +2,8 @@
 
 A .txt file is one document (blank lines are kept as text: splitting there would cut plays and
 chapters into pieces); each line of a .jsonl file is an object whose "text" is one document. GPT-2 BPE
-appends <|endoftext|> after every document, as GPT-2 was trained; the char tokenizer appends nothing.
+appends <|endoftext|> after every document, as GPT-2 was trained; the char and byte tokenizers append
+nothing.
 """
 from __future__ import annotations
 

@@ -1,14 +1,15 @@
 """Prepare a token dataset: text -> OUT_ROOT/NAME/{train,val}.bin (flat uint16 ids) + meta.json.
 
-    python data/prepare.py shakespeare_char            # built-in: owt_sample, owt_char, shakespeare, shakespeare_char
+    python data/prepare.py owt_byte                    # built-in: owt_sample, owt_char, owt_byte, shakespeare(_char)
     python data/prepare.py openwebtext --num_proc 8    # the Hugging Face hub (~54 GB download, ~9B tokens)
-    python data/prepare.py my_corpus --files a.txt b.jsonl [--tokenizer char] [--val_fraction 0.05]
+    python data/prepare.py my_corpus --files a.txt b.jsonl [--tokenizer char|byte] [--val_fraction 0.05]
 
 Documents: a .txt file is one document (blank lines are kept as text: splitting there would cut plays and
 chapters into pieces); each line of a .jsonl file is an object whose "text" is one document.
-GPT-2 BPE appends <|endoftext|> after every document, as GPT-2 was trained; the char tokenizer appends
-nothing. Split: with several documents a seeded random subset of whole documents is the validation split,
-so no document straddles both; a single document gives its last val_fraction of tokens to validation.
+GPT-2 BPE appends <|endoftext|> after every document, as GPT-2 was trained; the char and byte tokenizers
+append nothing (byte: UTF-8 bytes, ids 0-255, any text). Split: with several documents a seeded random
+subset of whole documents is the validation split, so no document straddles both; a single document gives
+its last val_fraction of tokens to validation.
 Engines (same ids): "memory" keeps a local corpus in RAM; "datasets" tokenizes with Hugging Face datasets
 in parallel into an on-disk cache and writes batch by batch into a np.memmap, so memory stays bounded even
 for OpenWebText (openwebtext always uses it; --engine datasets for large local .jsonl corpora).
@@ -35,12 +36,11 @@ if str(ROOT) not in sys.path:  # `python data/prepare.py` puts data/, not the re
 
 from data.documents import DTYPE, encode_documents, read_documents  # noqa: E402
 from data.loader import SPLITS, DataError  # noqa: E402
-from data.tokenizer import (CORPORA, GPT2_EOT, GPT2_RANKS_SHA256, CharTokenizer, GPT2Tokenizer,  # noqa: E402
-                            Tokenizer, gpt2_encoding, sha256_file)
+from data.tokenizer import (CORPORA, GPT2_EOT, GPT2_RANKS_SHA256, TOKENIZERS, CharTokenizer,  # noqa: E402
+                            GPT2Tokenizer, Tokenizer, build_tokenizer, gpt2_encoding, sha256_file)
 
 FORMAT_VERSION = 1
 SPLIT_SEED = 2357          # nanoGPT's seed for the OpenWebText split
-TOKENIZERS = ("gpt2", "char")
 ENGINES = ("memory", "datasets")
 BATCH_DOCS = 1024          # documents per write batch of the datasets engine (~1M OpenWebText tokens)
 
@@ -58,6 +58,8 @@ BUILTIN = {
     "owt_sample": Recipe(files=(CORPORA / "openwebtext_sample_1206docs.jsonl",)),
     # the same documents one character per token: on a CPU a model gets past the bigram within minutes
     "owt_char": Recipe(files=(CORPORA / "openwebtext_sample_1206docs.jsonl",), tokenizer="char"),
+    # one UTF-8 byte per token: a fixed vocabulary of 256, so a model scores any text, seen characters or not
+    "owt_byte": Recipe(files=(CORPORA / "openwebtext_sample_1206docs.jsonl",), tokenizer="byte"),
     "shakespeare": Recipe(files=(CORPORA / "tinyshakespeare.txt",)),
     "shakespeare_char": Recipe(files=(CORPORA / "tinyshakespeare.txt",), tokenizer="char"),
     "openwebtext": Recipe(hf="Skylion007/openwebtext", val_fraction=0.0005),  # nanoGPT's test_size
@@ -176,7 +178,7 @@ def prepare_in_memory(name: str, recipe: Recipe, folder: Path, num_proc: int, fo
     docs = [doc for path in recipe.files for doc in read_documents(path)]
     if not any(docs):
         raise DataError(f"the documents of {', '.join(map(str, recipe.files))} are all empty; give files with text")
-    tok = GPT2Tokenizer() if recipe.tokenizer == "gpt2" else CharTokenizer.from_texts(docs)
+    tok = build_tokenizer(recipe.tokenizer, docs)
     chunks = encode_documents(tok, docs, num_proc)
     if len(chunks) == 1:  # one document: the last val_fraction of its tokens (nanoGPT's shakespeare split)
         ids = chunks[0]

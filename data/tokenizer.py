@@ -1,4 +1,4 @@
-"""Tokenizers of prepared datasets: GPT-2 byte-pair encoding (offline) and characters.
+"""Tokenizers of prepared datasets: GPT-2 byte-pair encoding (offline), characters and UTF-8 bytes.
 
 `load_tokenizer(meta)` rebuilds the tokenizer a dataset was prepared with from its meta.json, so the
 trainer and the sampler decode ids into text without knowing how the data was made.
@@ -24,6 +24,7 @@ GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838
 GPT2_EOT = 50256          # <|endoftext|>, the document separator
 GPT2_VOCAB = 50257        # 50256 merges + <|endoftext|>; models pad this to 50304
 MAX_VOCAB = 1 << 16       # ids are stored as uint16
+TOKENIZERS = ("gpt2", "char", "byte")
 
 
 class Tokenizer(Protocol):
@@ -121,7 +122,7 @@ class CharTokenizer:
         chars = sorted(set().union(*map(set, texts)))
         if len(chars) > MAX_VOCAB:
             raise DataError(f"the text has {len(chars)} distinct characters, more than the {MAX_VOCAB} that "
-                            f"uint16 ids can hold; use --tokenizer gpt2")
+                            f"uint16 ids can hold; use --tokenizer byte or --tokenizer gpt2")
         return cls(chars)
 
     def encode_array(self, text: str) -> np.ndarray:
@@ -149,6 +150,45 @@ class CharTokenizer:
         return np.array([len(c.encode("utf-8", "surrogatepass")) for c in self.chars], dtype=np.int64)
 
 
+class ByteTokenizer:
+    """One id per UTF-8 byte (0-255): any text encodes, with no vocabulary learnt from a corpus.
+
+    Decoding never raises on bytes that are not valid UTF-8 (a character cut by the end of a sample or a
+    window, or a sequence a model made up): each invalid sequence becomes U+FFFD, the replacement character.
+    """
+    name = "byte"
+    vocab_size = 256      # already a multiple of 64: the model's padded vocabulary has no unused ids
+    eot = None            # like characters: documents carry their own separators
+
+    def encode_array(self, text: str) -> np.ndarray:
+        # surrogatepass: a lone surrogate (valid in JSON strings) gets bytes, as the char tokenizer gives it an id
+        return np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8).astype(np.int64)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def decode(self, ids: list[int]) -> str:
+        bad = [i for i in ids if not 0 <= int(i) < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is not a byte (0..255); mask logits >= vocab_size before sampling")
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self) -> np.ndarray:
+        """(256,) ones: every token is one byte, so bits per byte is bits per token."""
+        return np.ones(self.vocab_size, dtype=np.int64)
+
+
+def build_tokenizer(kind: str, docs: list[str]) -> Tokenizer:
+    """A new tokenizer of `kind` for these documents (only the char vocabulary depends on them)."""
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    if kind == "char":
+        return CharTokenizer.from_texts(docs)
+    if kind == "byte":
+        return ByteTokenizer()
+    raise DataError(f"unknown tokenizer {kind!r}; known: {', '.join(TOKENIZERS)}")
+
+
 def load_tokenizer(meta: dict) -> Tokenizer:
     """The tokenizer a dataset was prepared with, from its meta.json contents."""
     kind = meta.get("tokenizer")
@@ -158,8 +198,11 @@ def load_tokenizer(meta: dict) -> Tokenizer:
         if not isinstance(meta.get("chars"), list):
             raise DataError("meta.json of a char dataset has no 'chars' list; prepare the dataset again")
         tok = CharTokenizer(meta["chars"])
+    elif kind == "byte":
+        tok = ByteTokenizer()
     else:
-        raise DataError(f"meta.json names tokenizer {kind!r}; known: gpt2, char. Prepare the dataset again")
+        raise DataError(f"meta.json names tokenizer {kind!r}; known: {', '.join(TOKENIZERS)}. "
+                        f"Prepare the dataset again")
     if "vocab_size" in meta and int(meta["vocab_size"]) != tok.vocab_size:
         raise DataError(f"meta.json says vocab_size {meta['vocab_size']} but the {kind} tokenizer has "
                         f"{tok.vocab_size}; prepare the dataset again")

@@ -138,9 +138,9 @@ def _load_file(path: Path, map_location) -> dict:
 TRAIN_FIX = "start a new run with --train.init_from=scratch and a fresh --train.out_dir"
 
 
-def inference_fix(out_dir: str | Path) -> str:
-    """What a command that reads a run (--out_dir) advises when the run holds no usable checkpoint."""
-    return f"train one first with `python train.py CONFIG --train.out_dir={out_dir}`, or point --out_dir at a run"
+def inference_fix(out_dir: str | Path, option: str = "--out_dir") -> str:
+    """What a command that reads a run (its `option`) advises when the run holds no usable checkpoint."""
+    return f"train one first with `python train.py CONFIG --train.out_dir={out_dir}`, or point {option} at a run"
 
 
 def load_checkpoint(out_dir: str | Path, map_location="cpu", *, log=print, fix: str = TRAIN_FIX) -> dict:
@@ -181,13 +181,14 @@ def has_checkpoint(out_dir: str | Path) -> bool:
     return bool(read_manifest(out_dir)) or any(out_dir.glob("ckpt_*.pt"))
 
 
-def load_for_inference(out_dir: str, device: str = "cpu"):
-    """(model in eval mode on device, resolved Config, dataset meta) from a run directory."""
+def load_for_inference(out_dir: str, device: str = "cpu", option: str = "--out_dir"):
+    """(model in eval mode on device, resolved Config, dataset meta) from a run directory; `option` is how
+    the calling command's user names that directory (for the error when it holds no checkpoint)."""
     from config import from_dict
     from data.loader import load_meta
     from models import build_model
 
-    state = load_checkpoint(out_dir, map_location="cpu", fix=inference_fix(out_dir))
+    state = load_checkpoint(out_dir, map_location="cpu", fix=inference_fix(out_dir, option))
     cfg = from_dict(state["config"])
     model = build_model(cfg.model)
     model.load_state_dict(state["model"])

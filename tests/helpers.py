@@ -1,9 +1,10 @@
 """Shared test fixtures (the tiny dataset and run live in tools/smoke.py, which scripts use too)."""
 from __future__ import annotations
 
-from tools.smoke import ROOT, tiny_overrides, write_char_dataset
+from tools.smoke import ROOT, tiny_overrides, write_byte_dataset, write_char_dataset
 
-__all__ = ["ROOT", "tiny_overrides", "write_char_dataset", "model_variants", "variant_id", "is_image"]
+__all__ = ["ROOT", "tiny_overrides", "write_byte_dataset", "write_char_dataset", "model_variants", "variant_id",
+           "is_image"]
 
 
 def model_variants() -> list[tuple[str, dict]]:

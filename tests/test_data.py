@@ -15,7 +15,7 @@ import pytest
 import data.prepare as prep
 from data.loader import DataError, TokenDataset
 from data.prepare import ROOT, prepare, split_mask
-from data.tokenizer import GPT2_RANKS, CharTokenizer, GPT2Tokenizer, gpt2_encoding, load_tokenizer
+from data.tokenizer import GPT2_RANKS, ByteTokenizer, CharTokenizer, GPT2Tokenizer, gpt2_encoding, load_tokenizer
 
 EOT_TEXT = "<|endoftext|>"
 UNICODE = ("Hello world! Ünïcødé — 日本語のテキスト, emoji 🙂🚀👩‍👩‍👧, tabs\tand\r\nnewlines,  double  spaces, "
@@ -94,10 +94,26 @@ def test_char_tokenizer_round_trip_and_errors():
         tok.decode([tok.vocab_size])
 
 
+def test_byte_tokenizer_round_trip_and_split_characters():
+    tok = ByteTokenizer()
+    ids = tok.encode(UNICODE)
+    assert ids == list(UNICODE.encode("utf-8")) and tok.decode(ids) == UNICODE
+    assert tok.vocab_size == 256 and tok.eot is None and tok.encode("") == [] and tok.decode([]) == ""
+    assert tok.token_bytes().tolist() == [1] * 256
+    # a character cut anywhere decodes to U+FFFD in its place instead of raising: "a日b" is 61 e6 97 a5 62
+    a_ri_b = tok.encode("a日b")
+    assert a_ri_b == [0x61, 0xE6, 0x97, 0xA5, 0x62]
+    assert [tok.decode(a_ri_b[:k]) for k in range(6)] == ["", "a", "a\ufffd", "a\ufffd", "a日", "a日b"]
+    assert tok.decode([0x62, 0x97, 0x62]) == "b\ufffdb" and tok.decode([0xFF]) == "\ufffd"  # no valid decoding
+    with pytest.raises(ValueError, match="not a byte"):
+        tok.decode([256])
+
+
 def test_load_tokenizer_from_meta():
     assert load_tokenizer({"tokenizer": "gpt2", "vocab_size": 50257}).encode("Hello world") == [15496, 995]
     assert load_tokenizer({"tokenizer": "char", "chars": ["a", "b"], "vocab_size": 2}).decode([1, 0]) == "ba"
-    with pytest.raises(DataError, match="known: gpt2, char"):
+    assert load_tokenizer({"tokenizer": "byte", "vocab_size": 256}).encode("é") == [0xC3, 0xA9]
+    with pytest.raises(DataError, match="known: gpt2, char, byte"):
         load_tokenizer({"tokenizer": "bpe32k"})
     with pytest.raises(DataError, match="prepare the dataset again"):
         load_tokenizer({"tokenizer": "gpt2", "vocab_size": 50304})
@@ -167,6 +183,27 @@ def test_char_dataset_round_trip(tmp_path):
     ids = np.concatenate([ds.splits["train"], ds.splits["val"]]).tolist()
     assert load_tokenizer(ds.meta).decode(ids) == text
     assert len(ds.splits["train"]) == int(len(text) * 0.9)     # nanoGPT's shakespeare_char split
+
+
+def test_byte_dataset_round_trip(tmp_path):
+    text = (UNICODE + "\n") * 30
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    prepare("bytes", files=[tmp_path / "t.txt"], tokenizer="byte", out_root=tmp_path)
+    ds = TokenDataset(tmp_path, "bytes")
+    assert ds.vocab_size == 256 and ds.meta["eot"] is None and "chars" not in ds.meta
+    ids = np.concatenate([ds.splits["train"], ds.splits["val"]])
+    assert ids.tobytes() == np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16).tobytes()
+    assert load_tokenizer(ds.meta).decode(ids.tolist()) == text
+
+
+def test_owt_byte_holds_the_sample_bytes_with_the_char_datasets_split(tmp_path):
+    docs = [json.loads(line)["text"] for line in (ROOT / BUILTIN_OWT).read_text().splitlines() if line.strip()]
+    ds = TokenDataset(prepare("owt_byte", out_root=tmp_path).parent, "owt_byte")
+    val = split_mask(len(docs), 0.1)  # the split every built-in of this corpus uses (owt_char's too)
+    for split in ("train", "val"):
+        want = b"".join(d.encode("utf-8") for d, v in zip(docs, val) if v == (split == "val"))
+        assert ds.splits[split].astype(np.uint8).tobytes() == want and ds.splits[split].max() < 256
+    assert ds.meta["documents"] == 1206 and ds.meta["tokenizer"] == "byte" and ds.vocab_size == 256
 
 
 def test_datasets_engine_equals_memory_engine(tmp_path, monkeypatch):

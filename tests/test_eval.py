@@ -14,7 +14,7 @@ from engine import runtime
 from engine.checkpoint import load_for_inference
 from engine.evaluation import eval_batch, evaluate, score_ids, token_nll, windows
 from engine.trainer import train
-from helpers import ROOT, tiny_overrides, write_char_dataset
+from helpers import ROOT, tiny_overrides, write_byte_dataset, write_char_dataset
 
 TEXT = (ROOT / "data" / "corpora" / "tinyshakespeare.txt").read_text()[:3000]  # characters the tiny vocab knows
 CPU = torch.device("cpu")
@@ -195,6 +195,34 @@ def test_gpt2_documents_are_joined_with_end_of_text_as_in_data_prep(tmp_path):
     docs = ["One", "Hello world", "<|endoftext|> is text"]  # the last is text, not the special token
     assert ids.tolist() == [i for doc in docs for i in enc(doc) + [tok.eot]]
     assert offsets.tolist() == [0, len(enc("One")) + 1, len(ids)]
+
+
+UNSEEN = "Καλημέρα κόσμε — 日本語のテキスト, emoji 🙂🚀 and ½ °C\n"  # none of it in (ASCII) tiny Shakespeare
+
+
+@pytest.fixture(scope="module")
+def byte_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("byte_eval")
+    write_byte_dataset(root / "data")
+    train(load_config(None, tiny_overrides(root / "data", root / "run", **{"data.dataset": '"tiny_byte"',
+                                                                           "train.max_iters": 6})))
+    return root / "run"
+
+
+def test_a_byte_model_scores_text_with_characters_it_never_saw(byte_run, tmp_path, capsys):
+    """Every UTF-8 byte of the file is a token the model can score: tokens = bytes - 1 (the first has no
+    context), bits per byte = loss / ln 2, and the loss is the plain loop's over the bytes."""
+    (tmp_path / "unseen.txt").write_text(UNSEEN, encoding="utf-8")
+    assert ev.main(["--out_dir", str(byte_run), "--files", str(tmp_path / "unseen.txt"), "--device", "cpu",
+                    "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    model, cfg, meta = load_for_inference(str(byte_run), "cpu")
+    assert meta["tokenizer"] == "byte" and cfg.model.vocab_size == 256
+    ids = list(UNSEEN.encode("utf-8"))
+    nll, _ = plain_losses(model, ids, cfg.model.block_size, cfg.model.block_size)
+    assert got["tokens"] == got["bytes"] == len(ids) - 1 == len(nll)
+    assert got["loss"] == pytest.approx(sum(nll.values()) / len(nll), rel=1e-5)
+    assert got["bits_per_byte"] == pytest.approx(got["loss"] / math.log(2), rel=1e-9)
 
 
 def test_errors_are_one_line_and_name_the_fix(run_dir, files, tmp_path, capsys, monkeypatch):

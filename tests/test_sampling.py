@@ -296,3 +296,19 @@ def test_cli_prints_samples_separated_by_dashes(capsys, monkeypatch):
     assert len(samples) == 3 and samples[2] == ""
     assert all(s.startswith("AB") and len(s) == 2 + 30 + 1 for s in samples[:2])  # prompt, new text, newline
     assert sample.main(argv) == 0 and capsys.readouterr().out == first  # same seed, same text
+
+
+def test_a_byte_model_prints_valid_text_from_any_prompt(capsys, monkeypatch):
+    """An untrained byte model draws bytes that are often no valid UTF-8: each such sequence prints as
+    U+FFFD, the prompt (characters no char vocabulary of the corpus holds) comes back intact."""
+    from data.tokenizer import ByteTokenizer
+    torch.manual_seed(0)
+    model = models.build_model(models.tiny_config("gpt", vocab_size=256, block_size=32)).eval()
+    monkeypatch.setattr(sample, "load_model", lambda args, device: (model, ByteTokenizer()))
+    prompt = "Καλημέρα 日本 🙂"
+    argv = ["--start", prompt, "--num_samples", "2", "--max_new_tokens", "60", "--device", "cpu", "--temperature", "2"]
+    assert sample.main(argv) == 0
+    samples = capsys.readouterr().out.split("-" * 40 + "\n")[:2]
+    assert all(s.startswith(prompt) for s in samples)
+    assert any("\ufffd" in s for s in samples)  # invalid sequences were drawn, and replaced
+    assert all(s.encode("utf-8", "strict") for s in samples)  # valid text: no lone surrogates

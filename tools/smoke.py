@@ -1,5 +1,5 @@
-"""Seconds-long runs: a tiny character dataset written straight from the embedded corpus, and the
-overrides of a tiny GPT run on it. Used by the tests, scripts/fault_inject.py and smoke checks."""
+"""Seconds-long runs: tiny character and byte datasets written straight from the embedded corpus, and
+the overrides of a tiny GPT run on one. Used by the tests, scripts/fault_inject.py and smoke checks."""
 from __future__ import annotations
 
 import json
@@ -16,13 +16,25 @@ def write_char_dataset(root: Path, name: str = "tiny_char", n_chars: int = 50_00
     text = (ROOT / "data" / "corpora" / "tinyshakespeare.txt").read_text()[:n_chars]
     chars = sorted(set(text))
     ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
+    return _write_dataset(root / name, ids, {"name": name, "tokenizer": "char", "vocab_size": len(chars),
+                                             "chars": chars})
+
+
+def write_byte_dataset(root: Path, name: str = "tiny_byte", n_chars: int = 50_000) -> Path:
+    """The same text as write_char_dataset, one UTF-8 byte per token (tiny Shakespeare is ASCII: the
+    bytes 128-255 never occur, so a model trained on it has never seen a multi-byte character)."""
+    text = (ROOT / "data" / "corpora" / "tinyshakespeare.txt").read_text()[:n_chars]
+    ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
+    return _write_dataset(root / name, ids, {"name": name, "tokenizer": "byte", "vocab_size": 256})
+
+
+def _write_dataset(folder: Path, ids: np.ndarray, meta: dict) -> Path:
+    """train.bin (the first 90% of ids), val.bin and meta.json, as data/prepare.py lays them out."""
     n_train = int(0.9 * len(ids))
-    folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     ids[:n_train].tofile(folder / "train.bin")
     ids[n_train:].tofile(folder / "val.bin")
-    meta = {"name": name, "tokenizer": "char", "vocab_size": len(chars), "dtype": "uint16",
-            "train_tokens": n_train, "val_tokens": len(ids) - n_train, "chars": chars, "eot": None}
+    meta = meta | {"dtype": "uint16", "train_tokens": n_train, "val_tokens": len(ids) - n_train, "eot": None}
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
