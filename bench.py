@@ -1,9 +1,12 @@
 """Time training steps of any config: python bench.py CONFIG.toml [--section.key=value ...] [--steps N] [--warmup N]
+                                     python bench.py CONFIG.toml --each_mixer [...]  (one line per token mixer)
 
 Runs the trainer's own train_step on the configured batch (prepared data if present, else random
 ids: throughput does not depend on the text) and prints one JSON line last: ms/iter (median),
 tokens/s, training FLOPs per token, achieved FLOP/s, MFU (GPU: datasheet peak; CPU: this machine's
 measured matmul rate) and peak memory (GPU: allocator peak; CPU: the process's peak RSS).
+--each_mixer times the config's shape once per registered token mixer (model.name = "lm", the mixer in
+every layer): the mixers' cost side by side at one shape.
 """
 from __future__ import annotations
 
@@ -66,13 +69,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("config")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, thread pools)")
+    parser.add_argument("--each_mixer", action="store_true", help="one line per registered token mixer at this shape")
     args, overrides = parser.parse_known_args(argv)
+    from models import MIXERS
+    variants = {m: ['--model.name="lm"', f'--model.mixers=["{m}"]'] for m in MIXERS} if args.each_mixer else {None: []}
     try:
-        result = bench(load_config(args.config, overrides), steps=args.steps, warmup=args.warmup)
+        for mixer, extra in variants.items():
+            result = bench(load_config(args.config, overrides + extra), steps=args.steps, warmup=args.warmup)
+            print(json.dumps({"config": str(Path(args.config)), **({"mixer": mixer} if mixer else {}), **result}),
+                  flush=True)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"config": str(Path(args.config)), **result}))
     return 0
 
 
