@@ -76,6 +76,9 @@ class TrainConfig:
     fork_steps: list[int] = option([], "also checkpoint after these steps into out_dir/forks/<step>/: a run with a "
                                    "smaller budget continues from there (study budgets under the wsd schedule)")
     train_eval_iters: int = option(-1, "batches of the train split per evaluation; -1: eval_iters; 0: none")
+    eval_split: str = option("val", "the validation windows scored (reported as val_*): val (the whole split), or one "
+                             "half of its documents: val_tune (studies choose learning rates on it) or val_report "
+                             "(studies report it)", ("val", "val_tune", "val_report"))
     seed: int = option(1337, "initial weights, data order and dropout")
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = option("auto", "auto: bf16 autocast on GPUs that have it, else float32",

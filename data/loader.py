@@ -14,6 +14,11 @@ import numpy as np
 import torch
 
 SPLITS = ("train", "val")
+# The validation split's two halves by document (prepare.py records where the first half ends): studies
+# choose learning rates on the windows of one and report on the windows of the other, so no text that an
+# lr was chosen on is ever reported.
+VAL_HALVES = ("val_tune", "val_report")
+EVAL_SPLITS = ("val", *VAL_HALVES)
 
 
 class DataError(ValueError):
@@ -64,6 +69,9 @@ class TokenDataset:
         self.meta = load_meta(self.folder)
         self.vocab_size: int = int(self.meta["vocab_size"])
         self.splits = {s: open_split(self.folder, s, self.meta) for s in SPLITS}
+        cut = self.meta.get("val_tune_tokens")
+        if isinstance(cut, int) and 0 < cut < len(self.splits["val"]):
+            self.splits |= {"val_tune": self.splits["val"][:cut], "val_report": self.splits["val"][cut:]}
 
     def check_block_size(self, block_size: int) -> None:
         for split, tokens in self.splits.items():
@@ -73,9 +81,14 @@ class TokenDataset:
 
     def batch(self, split: str, batch_size: int, block_size: int, *, seed: int, step: int,
               micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y), both (batch_size, block_size) int64 on the CPU; y is x shifted left by one token."""
+        """(x, y), both (batch_size, block_size) int64 on the CPU; y is x shifted left by one token. Windows of
+        a validation half (VAL_HALVES) lie wholly inside it."""
+        if split not in self.splits:
+            raise DataError(f"dataset {self.folder.name!r} has no {split} split (prepared before the validation "
+                            f"documents were halved for tuning and reporting); prepare it again: "
+                            f"python data/prepare.py {self.folder.name}")
         tokens = self.splits[split]
-        rng = np.random.default_rng([seed, SPLITS.index(split), step, micro])
+        rng = np.random.default_rng([seed, (*SPLITS, *VAL_HALVES).index(split), step, micro])
         starts = rng.integers(0, len(tokens) - block_size, size=batch_size)
         windows = np.stack([tokens[s:s + block_size + 1] for s in starts]).astype(np.int64)  # (B, T+1)
         if windows.max() >= self.vocab_size:  # cheap here, unlike a scan of billions of tokens up front

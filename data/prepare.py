@@ -39,7 +39,7 @@ from data.loader import SPLITS, DataError  # noqa: E402
 from data.tokenizer import (CORPORA, GPT2_EOT, GPT2_RANKS_SHA256, TOKENIZERS, CharTokenizer,  # noqa: E402
                             GPT2Tokenizer, Tokenizer, build_tokenizer, gpt2_encoding, sha256_file)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: meta.json records val_tune_tokens (the validation halves)
 SPLIT_SEED = 2357          # nanoGPT's seed for the OpenWebText split
 ENGINES = ("memory", "datasets")
 BATCH_DOCS = 1024          # documents per write batch of the datasets engine (~1M OpenWebText tokens)
@@ -121,6 +121,13 @@ def split_mask(n_docs: int, val_fraction: float, seed: int = SPLIT_SEED) -> np.n
     return mask
 
 
+def tune_tokens(val_lengths: list[int]) -> int:
+    """Where the validation split's first half of documents ends, in tokens: studies choose learning rates
+    on windows of the documents before it and report on windows of those after (data/loader.py
+    VAL_HALVES). A single document (split "tokens") is halved by position instead."""
+    return int(sum(val_lengths[:(len(val_lengths) + 1) // 2]))
+
+
 def write_ids(path: Path, batches: Iterable[np.ndarray], total: int) -> Path:
     """Stream `total` ids into a memmap at path + '.tmp' (never the final name); returns that path."""
     tmp = path.with_name(path.name + ".tmp")
@@ -186,11 +193,12 @@ def prepare_in_memory(name: str, recipe: Recipe, folder: Path, num_proc: int, fo
         if not 0 < n_train < len(ids):
             raise DataError(f"{recipe.files[0]} gives only {len(ids)} tokens, too few to split; give more text")
         parts = {"train": [ids[:n_train]], "val": [ids[n_train:]]}
-        meta |= {"split": "tokens", "documents": 1}
+        meta |= {"split": "tokens", "documents": 1, "val_tune_tokens": (len(ids) - n_train) // 2}
     else:
         mask = split_mask(len(chunks), recipe.val_fraction)
         parts = {s: [c for c, v in zip(chunks, mask) if v == (s == "val")] for s in SPLITS}
-        meta |= {"split": "documents", "documents": len(chunks), "val_documents": int(mask.sum())}
+        meta |= {"split": "documents", "documents": len(chunks), "val_documents": int(mask.sum()),
+                 "val_tune_tokens": tune_tokens([len(c) for c in parts["val"]])}
     tmps = {s: write_ids(folder / f"{s}.bin", parts[s], sum(map(len, parts[s]))) for s in SPLITS}
     meta |= {"chars": tok.chars} if isinstance(tok, CharTokenizer) else {}
     return finish(folder, tmps, meta, tok, "memory")
@@ -263,6 +271,8 @@ def prepare_with_datasets(name: str, recipe: Recipe, folder: Path, num_proc: int
             batches = (np.concatenate(b["ids"]) for b in part.with_format("numpy", columns=["ids"]).iter(BATCH_DOCS))
             bar = tqdm(batches, total=-(-len(part) // BATCH_DOCS), desc=f"writing {split}.bin", unit="batch")
             tmps[split] = write_ids(folder / f"{split}.bin", bar, total)
+            if split == "val":
+                meta["val_tune_tokens"] = tune_tokens(part.with_format("numpy", columns=["len"])[:]["len"].tolist())
         meta |= {"split": "documents", "documents": len(ds), "val_documents": int(mask.sum())}
         return finish(folder, tmps, meta, GPT2Tokenizer(), "datasets")
     finally:

@@ -28,9 +28,9 @@ def eval_batch(data: Dataset, split: str, i: int, batch_size: int, block_size: i
 @torch.no_grad()
 def evaluate(model: LanguageModel, data: Dataset, cfg: Config, rt: runtime.Runtime,
              detailed: bool = False) -> dict[str, float | list[float]]:
-    """Mean loss and accuracy over the same batches of each split at every evaluation (eval_iters of
-    val, train_eval_iters of train), shared out over the processes; a process with no batch still
-    joins the all-reduce, so none can deadlock. `detailed` adds, for val, the mean loss at each
+    """Mean loss and accuracy over the same batches of each split at every evaluation (eval_iters of val,
+    drawn from train.eval_split, and train_eval_iters of train), shared out over the processes; a process
+    with no batch still joins the all-reduce, so none can deadlock. `detailed` adds, for val, the mean loss at each
     position of the window (val_loss_by_position, T values) and each window's mean loss
     (val_window_losses, in window order): the study's context-use curve and paired statistics."""
     model.eval()
@@ -41,8 +41,9 @@ def evaluate(model: LanguageModel, data: Dataset, cfg: Config, rt: runtime.Runti
         if n_batches == 0:
             continue
         acc = SplitScore(n_batches * (t.eval_batch_size or t.batch_size), cfg.model.block_size, rt.device)
+        source = t.eval_split if split == "val" else split  # the validation windows this run is scored on
         for i in range(rt.rank, n_batches, rt.world_size):
-            x, y = eval_batch(data, split, i, t.eval_batch_size or t.batch_size, cfg.model.block_size)
+            x, y = eval_batch(data, source, i, t.eval_batch_size or t.batch_size, cfg.model.block_size)
             x, y = x.to(rt.device), y.to(rt.device)
             with rt.autocast():
                 logits, loss = model(x, y)

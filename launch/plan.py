@@ -85,9 +85,16 @@ def resolve_arm(spec: StudySpec, arm: ArmSpec, budget: float | None = None) -> C
         raise ConfigError(f"arm {arm.name} ({arm.config}): {e}") from None
 
 
+def eval_split(spec: StudySpec, phase: str) -> str:
+    """Tuning runs are scored on one half of the validation documents, reported runs on the other; without
+    tune_seeds the tuning runs are the reported ones, scored on the reported half (the report says so)."""
+    return "val_tune" if phase == "tune" and spec.tune_seeds else "val_report"
+
+
 def run_args(spec: StudySpec, arm: ArmSpec, lr: float, seed: int, budget: float, out_dir: Path,
-             fork_steps: list[int]) -> list[str]:
+             fork_steps: list[int], phase: str) -> list[str]:
     fixed = {"train.out_dir": rel(out_dir), "train.seed": seed, "optim.lr": lr, "train.init_from": "auto",
+             "train.eval_split": eval_split(spec, phase),
              "wandb.group": spec.name,
              # wandb's run id is the run name (engine/runlog.py), so it must be unique across studies
              "wandb.run_name": f"{spec.name}-{arm.name}-lr{lr:g}-seed{seed}-{budget_label(budget)}"}
@@ -104,16 +111,16 @@ def ladder(spec: StudySpec, arm: ArmSpec, lr: float, seed: int, budgets: list[fl
     grid = len(arm.lrs) > 1
     if not shares_runs(spec):
         return [Run(arm.name, lr, seed, b, folder / budget_label(b),
-                    run_args(spec, arm, lr, seed, b, folder / budget_label(b), []), phase, None, grid, b)
+                    run_args(spec, arm, lr, seed, b, folder / budget_label(b), [], phase), phase, None, grid, b)
                 for b in sorted(budgets, reverse=True)]
     top, rest = max(budgets), sorted(set(budgets) - {max(budgets)}, reverse=True)
     top_dir = folder / budget_label(top)
     forks = sorted({steps[b].decay_start for b in rest})
-    runs = [Run(arm.name, lr, seed, top, top_dir, run_args(spec, arm, lr, seed, top, top_dir, forks), phase,
+    runs = [Run(arm.name, lr, seed, top, top_dir, run_args(spec, arm, lr, seed, top, top_dir, forks, phase), phase,
                 None, grid, top)]
     for b in rest:
         out, start = folder / budget_label(b), steps[b].decay_start
-        runs.append(Run(arm.name, lr, seed, b, out, run_args(spec, arm, lr, seed, b, out, []), phase,
+        runs.append(Run(arm.name, lr, seed, b, out, run_args(spec, arm, lr, seed, b, out, [], phase), phase,
                         (top_dir, start), grid, b * (1 - start / steps[b].total_steps)))
     return runs
 

@@ -30,10 +30,18 @@ def preflight(spec: StudySpec, only: list[str], dry_run: bool) -> tuple[dict[str
 
 
 def unprepared(cfg: Config) -> bool:
-    """A dataset to prepare first: no meta.json, and not a synthetic task (generated on the fly)."""
+    """A dataset to prepare first (not a synthetic task, generated on the fly): no meta.json, or one written
+    before the validation documents were halved for tuning and reporting (data/loader.py VAL_HALVES)."""
+    import json
+
     from data import SYNTHETIC_TASKS
-    return cfg.data.dataset not in SYNTHETIC_TASKS and not (in_root(cfg.data.data_dir) / cfg.data.dataset /
-                                                            "meta.json").is_file()
+    meta = in_root(cfg.data.data_dir) / cfg.data.dataset / "meta.json"
+    if cfg.data.dataset in SYNTHETIC_TASKS:
+        return False
+    try:
+        return "val_tune_tokens" not in json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return True
 
 
 def prepare_data(configs: list[Config], dry_run: bool) -> None:

@@ -34,7 +34,7 @@ BUDGET_KEYS = {"flops": "train.max_flops", "time_s": "train.max_time_s", "tokens
                "iters": "train.max_iters"}
 # Keys the study sets for every run; an override of one would silently break the comparison.
 STUDY_KEYS = ("train.out_dir", "train.seed", "train.init_from", "train.n_evals", "wandb.group", "wandb.run_name",
-              "train.fork_steps", *BUDGET_KEYS.values())
+              "train.fork_steps", "train.eval_split", *BUDGET_KEYS.values())
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a folder name and part of a wandb id
 
 

@@ -120,6 +120,7 @@ def score_gpt2(run: RunResult, cache: Cache) -> tuple[dict | None, str]:
     if T > 1024:
         return None, f"block_size {T} exceeds GPT-2's 1024 positions"
     key = {"kind": "gpt2", "dataset": c["data"]["dataset"], "val_tokens": meta.get("val_tokens"), "block_size": T,
+           "eval_split": t.get("eval_split", "val"),
            "batch_size": t.get("eval_batch_size") or t["batch_size"], "eval_iters": t["eval_iters"]}
     if (hit := cache.get(key)) is not None:
         return hit, ""
@@ -131,7 +132,7 @@ def score_gpt2(run: RunResult, cache: Cache) -> tuple[dict | None, str]:
     data = TokenDataset(in_root(c["data"]["data_dir"]), c["data"]["dataset"])
     total, count = 0.0, 0
     for i in range(t["eval_iters"]):  # train.py's evaluate(): the same windows for every evaluation
-        x, y = eval_batch(data, "val", i, t.get("eval_batch_size") or t["batch_size"], T)
+        x, y = eval_batch(data, t.get("eval_split", "val"), i, t.get("eval_batch_size") or t["batch_size"], T)
         total, count = total + score_batch(model, x.to(device), y.to(device)), count + y.numel()
     value = {"loss": total / count, "tokens": count, "block_size": T,
              "parameters": int(sum(p.numel() for p in model.parameters()))}

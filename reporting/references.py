@@ -156,7 +156,7 @@ def study_reference(config: dict) -> Reference | None:
         return None
     data = TokenDataset(in_root(config["data"]["data_dir"]), config["data"]["dataset"])
     t, T = config["train"], config["model"]["block_size"]
-    batches = [eval_batch(data, "val", i, t.get("eval_batch_size") or t["batch_size"], T) for i in range(t["eval_iters"])]
+    batches = [eval_batch(data, t.get("eval_split", "val"), i, t.get("eval_batch_size") or t["batch_size"], T) for i in range(t["eval_iters"])]
     x, y = (np.concatenate([b[k].numpy() for b in batches]) for k in (0, 1))  # (windows, T) each
     losses = reference_losses(ngram_counts(data.splits["train"], data.vocab_size), x, y)
     n_bytes = count_bytes(load_tokenizer(data.meta).token_bytes(), y)

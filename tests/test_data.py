@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import data.prepare as prep
 from data.loader import DataError, TokenDataset
@@ -217,7 +218,36 @@ def test_datasets_engine_equals_memory_engine(tmp_path, monkeypatch):
     metas = [json.loads((f / "meta.json").read_text()) for f in (simple, streamed)]
     assert [m["engine"] for m in metas] == ["memory", "datasets"]
     assert [m["train_tokens"] for m in metas][0] == metas[1]["train_tokens"] and metas[0]["val_documents"] == 3
+    assert metas[0]["val_tune_tokens"] == metas[1]["val_tune_tokens"] > 0
     assert not (streamed / ".datasets_cache").exists()
+
+
+def test_the_tuning_and_reported_validation_windows_come_from_disjoint_documents(tmp_path):
+    """Every document is one character repeated, so a window's characters name its documents: the windows
+    of val_tune read only the first half of the validation documents, those of val_report only the rest,
+    and val_tune_tokens is the first half's length, counted from the documents themselves."""
+    docs = [chr(ord("A") + i) * (40 + 7 * i) for i in range(24)]
+    folder = prepare("halves", files=[write_jsonl(tmp_path / "d.jsonl", docs)], out_root=tmp_path, tokenizer="char")
+    meta = json.loads((folder / "meta.json").read_text())
+    val_docs = [d for d, is_val in zip(docs, prep.split_mask(len(docs), meta["val_fraction"])) if is_val]
+    first, rest = val_docs[:(len(val_docs) + 1) // 2], val_docs[(len(val_docs) + 1) // 2:]
+    assert len(val_docs) >= 2 and meta["val_tune_tokens"] == sum(map(len, first))
+    ds, tok = TokenDataset(tmp_path, "halves"), load_tokenizer(meta)
+    seen = {}
+    for split in ("val_tune", "val_report"):
+        x, y = ds.batch(split, 64, 8, seed=0, step=0, micro=0)
+        seen[split] = set(tok.decode(torch.cat([x, y[:, -1:]], 1).flatten().tolist()))
+    assert seen["val_tune"] <= {d[0] for d in first} and seen["val_report"] <= {d[0] for d in rest}
+    assert seen["val_tune"] and seen["val_report"] and not seen["val_tune"] & seen["val_report"]
+
+
+def test_a_dataset_prepared_before_the_halves_says_to_prepare_it_again(tmp_path):
+    folder = prepare("old", files=[write_jsonl(tmp_path / "d.jsonl", DOCS * 3)], out_root=tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["val_tune_tokens"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="no val_report split .* python data/prepare.py old"):
+        TokenDataset(tmp_path, "old").batch("val_report", 2, 4, seed=0, step=0, micro=0)
 
 
 def test_owt_sample_token_count(tmp_path):

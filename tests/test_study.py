@@ -133,6 +133,18 @@ def test_budgets_share_one_wsd_run_per_arm_lr_and_seed(tmp_path):
                for r in tuning_runs(separate, {a.name: steps_for(separate.budget.values) for a in separate.arms}))
 
 
+def test_tuning_runs_score_one_half_of_the_validation_documents_and_reported_runs_the_other(tmp_path):
+    spec = loads_study(study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6]"))
+    steps = {a.name: steps_for(spec.budget.values) for a in spec.arms}
+    tune, report = tuning_runs(spec, steps), report_runs(spec, {"narrow": {1e6: 1e-3, 3e6: 1e-3}},
+                                                         {"narrow": 1e-3, "wide": 1e-2}, steps)
+    assert tune and all('--train.eval_split="val_tune"' in r.args for r in tune)
+    assert report and all('--train.eval_split="val_report"' in r.args for r in report)
+    on_reported = loads_study(study_text(tmp_path, tmp_path / "out").replace("tune_seeds = [0]", "tune_seeds = []"))
+    assert all('--train.eval_split="val_report"' in r.args
+               for r in tuning_runs(on_reported, {a.name: steps_for(on_reported.budget.values) for a in on_reported.arms}))
+
+
 def test_reported_runs_follow_the_lr_chosen_per_budget(tmp_path):
     spec = loads_study(study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6, 1e7]"))
     steps = {a.name: steps_for(spec.budget.values) for a in spec.arms}

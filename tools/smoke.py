@@ -29,12 +29,14 @@ def write_byte_dataset(root: Path, name: str = "tiny_byte", n_chars: int = 50_00
 
 
 def _write_dataset(folder: Path, ids: np.ndarray, meta: dict) -> Path:
-    """train.bin (the first 90% of ids), val.bin and meta.json, as data/prepare.py lays them out."""
+    """train.bin (the first 90% of ids), val.bin and meta.json, as data/prepare.py lays out one document
+    (its validation halves by position)."""
     n_train = int(0.9 * len(ids))
     folder.mkdir(parents=True, exist_ok=True)
     ids[:n_train].tofile(folder / "train.bin")
     ids[n_train:].tofile(folder / "val.bin")
-    meta = meta | {"dtype": "uint16", "train_tokens": n_train, "val_tokens": len(ids) - n_train, "eot": None}
+    meta = meta | {"dtype": "uint16", "train_tokens": n_train, "val_tokens": len(ids) - n_train, "eot": None,
+                   "split": "tokens", "val_tune_tokens": (len(ids) - n_train) // 2}
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
