@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from config import Config
 from data import Dataset
 from engine import runtime
-from models import LanguageModel
+from models import LanguageModel, tracing
 
 EVAL_SEED, EVAL_STEP = 0, 2 ** 40
 
@@ -49,8 +49,37 @@ def evaluate(model: LanguageModel, data: Dataset, cfg: Config, rt: runtime.Runti
                 logits, loss = model(x, y)
             acc.add(i, logits, loss, y, detailed and split == "val")
         out.update(acc.result(split, rt, detailed and split == "val"))
+    x, _ = eval_batch(data, t.eval_split, 0, 1, cfg.model.block_size)
+    out.update(attention_entropies(model, x[:, :ENTROPY_TOKENS].to(rt.device), rt))
     model.train()
     return out
+
+
+ENTROPY_TOKENS = 256  # positions of the one validation window whose attention entropy is logged
+
+
+def attention_entropies(model: LanguageModel, x: torch.Tensor, rt: runtime.Runtime) -> dict[str, float]:
+    """attn_entropy_h<i> for every layer whose mixer shows attention weights (attention, idea 2's image
+    attention), on one window x (1, n): how close its routing is to a running mean (see relative_entropy)."""
+    with tracing(model) as records, rt.autocast():
+        model(x)
+    return {f"attn_entropy_h{name.split('h.')[-1].split('.')[0]}": relative_entropy(record["attention"])
+            for name, record in records.items() if "attention" in record}
+
+
+def row_entropy(weights: torch.Tensor) -> torch.Tensor:
+    """-sum_s w_ts ln w_ts of each query row of attention weights (..., n, n) -> (..., n), in float64."""
+    w = weights.double()
+    return -(w * torch.log(w.clamp_min(1e-300))).sum(-1)  # 0 ln 0 = 0
+
+
+def relative_entropy(weights: torch.Tensor) -> float:
+    """Mean over batch, heads and query rows t >= 1 of H_t / ln(t + 1), for causal attention weights
+    (B, nh, n, n): each row's entropy against that of the uniform row over its t + 1 visible keys. 1 is a
+    running mean (the weights never left their initial uniformity), 0 puts all weight on one key."""
+    n = weights.size(-1)
+    uniform = torch.log(torch.arange(1, n + 1, dtype=torch.float64, device=weights.device))  # (n,): ln(t + 1)
+    return float((row_entropy(weights)[..., 1:] / uniform[1:]).mean()) if n > 1 else 1.0
 
 
 class SplitScore:

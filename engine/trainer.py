@@ -165,9 +165,11 @@ def local_micro_batches(cfg: Config, rt: runtime.Runtime) -> int:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list, rt: runtime.Runtime,
                grad_clip: float, components: dict[str, list] | None = None) -> tuple[float, dict[str, float]]:
-    """One optimizer step over this process's micro-batches: (their mean loss, gradient norms). With
-    `components` ({name: modules}), the norms are the whole gradient's (before clipping) and each
-    component's, as grad_norm and grad_norm_<name>; else none are computed."""
+    """One optimizer step over this process's micro-batches: (their mean loss, figures). With `components`
+    ({name: modules}) the figures are the whole gradient's norm (before clipping) and each component's,
+    as grad_norm and grad_norm_<name>, and each component's relative update ||dtheta|| / ||theta||
+    (update_<name>: what the optimizer did to it, which for Adam is not what its gradient norm says);
+    else none are computed."""
     total = torch.zeros((), device=rt.device)
     for i, (x, y) in enumerate(batches):
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
@@ -177,24 +179,37 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches
             _, loss = model(x, y)
         (loss / len(batches)).backward()
         total += loss.detach()
-    norms = grad_norms(components) if components is not None else {}
+    groups = component_params(components) if components is not None else {}
+    figures = grad_norms(groups) if groups else {}
+    before = {name: [p.detach().clone() for p in params] for name, params in groups.items()}
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total.item() / len(batches), norms  # .item(): the step's one host-device sync
+    figures |= {f"update_{name}": relative_update(groups[name], old) for name, old in before.items()}
+    return total.item() / len(batches), figures  # .item(): the step's one host-device sync
 
 
-def grad_norms(components: dict[str, list]) -> dict[str, float]:
-    """L2 norm of the gradient of each component's parameters (a tied parameter counts once), and of all."""
+def component_params(components: dict[str, list]) -> dict[str, list[torch.nn.Parameter]]:
+    """Each component's parameters, a tied parameter in the first component that holds it only."""
     seen: set[int] = set()
-    squares = {}
-    for name, modules in components.items():
-        grads = [p.grad for m in modules if m is not None for p in m.parameters()
-                 if p.grad is not None and id(p) not in seen and not seen.add(id(p))]
-        squares[name] = float(sum(g.float().pow(2).sum() for g in grads)) if grads else 0.0
+    return {name: [p for m in modules if m is not None for p in m.parameters()
+                   if id(p) not in seen and not seen.add(id(p))] for name, modules in components.items()}
+
+
+def grad_norms(groups: dict[str, list[torch.nn.Parameter]]) -> dict[str, float]:
+    """L2 norm of the gradient of each component's parameters, and of all."""
+    squares = {name: float(sum(p.grad.float().pow(2).sum() for p in params if p.grad is not None))
+               for name, params in groups.items()}
     return {"grad_norm": math.sqrt(sum(squares.values())),
             **{f"grad_norm_{name}": math.sqrt(v) for name, v in squares.items()}}
+
+
+def relative_update(params: list[torch.nn.Parameter], before: list[torch.Tensor]) -> float | None:
+    """||theta_after - theta_before|| / ||theta_before|| over a component's parameters (None if they were 0)."""
+    change = sum(float((p.detach().float() - b.float()).pow(2).sum()) for p, b in zip(params, before))
+    size = sum(float(b.float().pow(2).sum()) for b in before)
+    return math.sqrt(change / size) if size > 0 else None
 
 
 def start_model(setup: Setup, rt: runtime.Runtime) -> tuple[Setup, dict | None]:
