@@ -52,6 +52,8 @@ class OptimConfig:
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "max global gradient norm; 0 disables clipping")
+    lr_mult: dict[str, float] = option({}, "{part = multiplier}: these parts of every layer (model.components() names without the "
+                          "layer, e.g. route, cnn, attn, embedding) train at the scheduled lr times the multiplier")
 
 
 @dataclass
@@ -182,6 +184,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.decay_frac must be in (0, 1], got {o.decay_frac}")
     if any(s <= 0 for s in t.fork_steps) or t.train_eval_iters < -1:
         raise ConfigError("train.fork_steps must be positive steps and train.train_eval_iters >= -1")
+    if not all(v > 0 for v in o.lr_mult.values()):
+        raise ConfigError(f"optim.lr_mult must be a table of positive numbers, e.g. {{route = 10}}, got {o.lr_mult!r}")
     if o.warmup_iters < 0 or o.lr_decay_iters < 0 or o.grad_clip < 0:
         raise ConfigError("optim.warmup_iters, optim.lr_decay_iters and optim.grad_clip must be >= 0")
     cfg.model.validate()

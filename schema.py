@@ -44,6 +44,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if value is None:
             return None
         raise ConfigError(f"{key} must be empty")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, e.g. {{name = value}}, got {value!r}")
+        _, item = typing.get_args(typ)
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key} must be a list, got {value!r}")

@@ -6,19 +6,43 @@ import math
 
 import torch
 
-from config import OptimConfig
+from config import ConfigError, OptimConfig
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
     """Decay matrices (linears, convs, embeddings' tied head) but not biases and norm gains: decaying
-    a gain towards 0 fights the normalisation it belongs to (as in GPT-2 / nanoGPT practice)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    a gain towards 0 fights the normalisation it belongs to (as in GPT-2 / nanoGPT practice). The parts
+    named in optim.lr_mult (model.components()' names without the layer: route, cnn, attn, ...) get their
+    own groups whose learning rate is the schedule's times the multiplier (set_lr)."""
+    mult = part_multipliers(model, cfg.lr_mult)
+    keyed: dict[tuple[float, bool], list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            keyed.setdefault((mult.get(id(p), 1.0), p.dim() >= 2), []).append(p)
+    groups = [{"params": params, "weight_decay": cfg.weight_decay if matrix else 0.0, "lr_mult": m}
+              for (m, matrix), params in sorted(keyed.items(), key=lambda kv: (kv[0][0] != 1.0, not kv[0][1]))]
     fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+
+
+def part_multipliers(model: torch.nn.Module, lr_mult: dict[str, float]) -> dict[int, float]:
+    """{id(parameter): multiplier} for the parameters of every component part named in lr_mult."""
+    if not lr_mult:
+        return {}
+    parts: dict[str, list] = {}
+    for name, modules in model.components().items():
+        parts.setdefault(name.split(".")[-1], []).extend(modules)
+    unknown = sorted(set(lr_mult) - set(parts))
+    if unknown:
+        raise ConfigError(f"optim.lr_mult names {unknown[0]!r}, which this model does not have; its parts: "
+                          f"{', '.join(sorted(parts))}")
+    return {id(p): float(m) for part, m in lr_mult.items() for module in parts[part] for p in module.parameters()}
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's learning rate for this step, times each group's multiplier."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
 def lr_at(step: int, cfg: OptimConfig, decay_progress: float) -> float:

@@ -27,7 +27,7 @@ from engine.budget import Budget
 from engine.checkpoint import atomic_write_text, has_checkpoint, keep_newest_only, load_checkpoint, save_checkpoint
 from engine.evaluation import evaluate
 from engine.guard import Diverged, LossGuard, Preempted, StopFlag
-from engine.optim import make_optimizer
+from engine.optim import make_optimizer, set_lr
 from engine.perf import peak_flops, peak_memory_bytes
 from engine.runlog import MetricsLog, run_record
 from engine.setup import Setup, set_up
@@ -122,8 +122,7 @@ def loop(run: Run) -> None:
         while not run.budget.done(state.step, state.time_s):
             step, t0 = state.step, time.perf_counter()
             lr = run.budget.lr(step, state.time_s)
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(run.optimizer, lr)
             batches = [run.data.batch("train", cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed,
                                       step=step + state.data_shift, micro=run.rt.rank * n_micro + i)
                        for i in range(n_micro)]

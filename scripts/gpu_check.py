@@ -53,7 +53,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from config import Config, load_config  # noqa: E402
 from engine import runtime  # noqa: E402
-from engine.optim import lr_at, make_optimizer  # noqa: E402
+from engine.optim import lr_at, make_optimizer, set_lr  # noqa: E402
 from engine.perf import peak_flops, peak_memory_bytes  # noqa: E402
 from engine.runlog import git_state  # noqa: E402
 from engine.summary import summarize  # noqa: E402
@@ -303,8 +303,7 @@ def train_curve(cfg: Config, rt: runtime.Runtime, table: torch.Tensor, steps: in
     optimizer = make_optimizer(model, cfg.optim, rt.device.type)
     losses = []
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.optim, step / steps)
+        set_lr(optimizer, lr_at(step, cfg.optim, step / steps))
         batch = markov_batch(table, cfg.train.batch_size, cfg.model.block_size, step)
         losses.append(train_step(model, optimizer, [batch], rt, cfg.optim.grad_clip)[0])
     return losses

@@ -3,7 +3,7 @@ import math
 import pytest
 
 
-from config import OptimConfig, TrainConfig
+from config import ConfigError, OptimConfig, TrainConfig
 from engine.budget import Budget
 from engine.optim import make_optimizer
 from models import build_model, tiny_config
@@ -78,3 +78,21 @@ def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction():
     assert all(schedule(s, cfg, 40) == schedule(s, cfg, 100) for s in range(0, 32))
     clock = Budget(TrainConfig(max_time_s=100.0), cfg, 1, 1.0)
     assert clock.lr(50, 50.0) == 1.0 and clock.lr(50, 90.0) == pytest.approx(0.55)
+
+
+def test_lr_multipliers_give_the_named_parts_their_own_groups_and_rates():
+    """optim.lr_mult = {attn = 10}: every layer's attention trains at 10x the schedule, the rest at 1x; the
+    weight-decay split holds inside each group; an unknown part is refused, naming the model's parts."""
+    from engine.optim import set_lr
+    model = build_model(tiny_config("gpt"))
+    opt = make_optimizer(model, OptimConfig(weight_decay=0.1, lr_mult={"attn": 10.0}), "cpu")
+    set_lr(opt, 1e-3)
+    attn = {id(p) for b in model.h for m in (b.ln_1, b.mixer) for p in m.parameters()}  # a part holds its norm
+    for group in opt.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= attn or not ids & attn  # a group is all attention or none of it
+        assert group["lr"] == (1e-2 if ids <= attn else 1e-3)
+        assert all((p.dim() >= 2) == (group["weight_decay"] > 0) for p in group["params"])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    with pytest.raises(ConfigError, match="lr_mult names 'route', which this model does not have; its parts: attn"):
+        make_optimizer(model, OptimConfig(lr_mult={"route": 10.0}), "cpu")
