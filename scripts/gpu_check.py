@@ -18,6 +18,8 @@ One JSON line per row as it finishes, a markdown table at the end, both written 
                  backend alone (forward and backward) under sdpa_kernel([b]) in the dispatcher's priority
                  order, the first that runs being the one used; checked against torch's own choice and the
                  ops (GPU: kernels) of a profiler trace; its time; its error against the float32 math kernel
+  mixer          every registered token mixer as the one block (with an MLP) of GPT-2 small's width at T = 1024,
+                 two sequences a step: the step row's figures, per mixer
   step           each config at its configured micro-batch, eager; one iteration = one micro-batch forward,
                  backward and AdamW step (train.grad_accum=1): ms/iter, tokens/s, model and hardware FLOPs
                  per token (hardware adds the CNN forward that cnn_checkpoint recomputes), MFU and HFU
@@ -58,7 +60,7 @@ from engine.perf import peak_flops, peak_memory_bytes  # noqa: E402
 from engine.runlog import git_state  # noqa: E402
 from engine.summary import summarize  # noqa: E402
 from engine.trainer import train_step  # noqa: E402
-from models import build_model  # noqa: E402
+from models import MIXERS, build_model  # noqa: E402
 from tools.sdpa import (detect_backend, dispatcher_choice, errors_against_math, priority_order,  # noqa: E402
                         profiled_backend, sdpa_shapes)
 from tools.timing import (catch_oom, float32_exact, free_memory, random_batches, rates,  # noqa: E402
@@ -363,6 +365,9 @@ def run_checks(check: Check, plan: Plan, rt: runtime.Runtime, configs: tuple[str
         check.row("attention", IDEA2, lambda: attention_fields(load(IDEA2, plan), rt))
     step = {n: check.row("step", n, lambda n=n: step_fields(load(n, plan), rt, plan)) for n in configs}
     cost = {n: (r or {}).get("try_s", 1.0) for n, r in step.items()}  # seconds of one row at the configured batch
+    for mixer in MIXERS:  # every token mixer as the one block of GPT-2 small's width, at T = 1024
+        check.row("mixer", f"mixer:{mixer}", lambda m=mixer: step_fields(load(GPT, plan, *mixer_row(m)), rt, plan),
+                  cost.get(GPT, 1.0))
     warmup = f"--optim.warmup_iters={max(1, plan.train_steps // 10)}"
     for name, extra in ((GPT, plan.train_gpt), (IDEA2, plan.train_image)):
         if name in configs:
@@ -379,6 +384,13 @@ def run_checks(check: Check, plan: Plan, rt: runtime.Runtime, configs: tuple[str
                   4 * cost[name])
     for name in (n for n in configs if n not in first and plan.compile_rest):
         check.row("compile", name, lambda n=name: compile_fields(load(n, plan), rt, plan), COMPILE_GUESS_S)
+
+
+def mixer_row(mixer: str) -> tuple[str, ...]:
+    """GPT-2 small's config with one block of this mixer and an MLP (the image blocks: the original's 8 x 32 x
+    32 images and 9-conv VGG), two sequences a step: the mixers' costs side by side at T = 1024."""
+    return ('--model.name="lm"', "--model.n_layer=1", f'--model.mixers=["{mixer}"]', "--model.mlp=[true]",
+            "--train.batch_size=2")
 
 
 def fmt(x: float | None, spec: str = ".1f", scale: float = 1.0) -> str:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 
 import pytest
+
+from models import MIXERS
 import torch
 
 from tools import sdpa, timing
@@ -63,10 +65,11 @@ def test_smoke_runs_every_row_on_the_cpu(tmp_path):
     for r in rows:
         by_kind.setdefault(r["kind"], []).append(r)
     assert [r["name"] for r in by_kind["step"]] == list(gpu_check.CONFIGS)
+    assert [r["name"] for r in by_kind["mixer"]] == [f"mixer:{m}" for m in MIXERS]  # every token mixer at T = 1024
     assert [r["name"] for r in by_kind["max_batch"]] == list(gpu_check.CONFIGS)
     assert [r["name"] for r in by_kind["channels_last"]] == [n for n in gpu_check.CONFIGS if n != gpu_check.GPT]
     assert [r["name"] for r in by_kind["compile"]] == [gpu_check.GPT, gpu_check.IDEA2]
-    for r in by_kind["step"] + by_kind["compile"] + by_kind["channels_last"] + by_kind["max_batch"]:
+    for r in by_kind["step"] + by_kind["mixer"] + by_kind["compile"] + by_kind["channels_last"] + by_kind["max_batch"]:
         assert r["ms_per_iter"] > 0 and r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["peak_memory_bytes"] > 0
         assert r["hfu"] > r["mfu"] if r["cnn_checkpoint"] else r["hfu"] == r["mfu"]
     assert all(r["channels_last"] for r in by_kind["channels_last"])
