@@ -1,15 +1,17 @@
 """Every figure of a study in one typed summary (written as summary.json), from which report.md is
 rendered, so the two cannot disagree.
 
-Per arm and budget: the final validation loss over the reported seeds with a 95% interval (bootstrap
-over seeds and evaluation windows), its evaluation noise (standard error over windows), bits per
-byte, the margin to the bigram reference, the paired difference to the baseline with its interval
-(same seed = same data order and evaluation windows in both arms), the loss early and late in the
-window (context use), and the compute multiplier on three axes (training FLOPs, wall-clock, tokens).
+Per arm and budget: the final validation loss of each reported seed and their mean with a 95% interval
+(Student t over seeds, see reporting/stats.py), its evaluation noise (standard error over windows), bits
+per byte, the margin to the bigram reference, the paired differences to the baseline per seed and their
+mean with its interval (same seed = same data order and evaluation windows in both arms), the loss early
+and late in the window (context use), and the compute multiplier on three axes (training FLOPs,
+wall-clock, tokens).
 
 summary.json is `to_json(summary)`: dataclasses.asdict, but for the figures an entry could not compute
 (no evaluation windows, no references, no arm to compare with), which it leaves out instead of writing
-null; a reader tells "not computed" from "computed, but undefined" by the key.
+null; a reader tells "not computed" from "computed, but undefined" by the key. An interval is written
+wherever its estimate is: null there means one seed, no interval.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from launch.results import RunResult, read_jsonl
 from launch.spec import StudySpec
 from reporting.cells import Cell
 from reporting.references import Reference
-from reporting.stats import bootstrap_mean_ci, compute_multiplier, fit_power_law, standard_error
+from reporting.stats import compute_multiplier, fit_power_law, seed_interval, standard_error
 
 AXES = ("flops", "time_s", "tokens")  # the three meanings of equal compute
 STUCK = 0.05  # nats/token: a final loss this close to the unigram reference (or above it) learned nothing else
@@ -33,6 +35,11 @@ IF_COMPUTED = {"written": lambda entry, value: value is not None}
 def figure() -> Any:
     """A figure written to summary.json only where it was computed."""
     return field(default=None, metadata=IF_COMPUTED)
+
+
+def interval_of(estimate: str) -> Any:
+    """An interval written to summary.json wherever its estimate is (null: one seed, no interval)."""
+    return field(default=None, metadata={"written": lambda entry, _: getattr(entry, estimate) is not None})
 
 
 @dataclass
@@ -46,16 +53,18 @@ class BudgetEntry:
     time_s: float | None = None
     tokens: float | None = None
     val_loss: float | None = None
-    val_loss_ci95: list[float] | None = figure()
+    val_loss_ci95: list[float] | None = interval_of("val_loss")
+    val_loss_by_seed: dict[int, float] | None = figure()
     eval_se: float | None = figure()
     bits_per_byte: float | None = figure()
     margin_to_bigram: float | None = figure()
     delta_vs_baseline: float | None = figure()
-    delta_vs_baseline_ci95: list[float] | None = figure()
+    delta_vs_baseline_ci95: list[float] | None = interval_of("delta_vs_baseline")
+    delta_vs_baseline_by_seed: dict[int, float] | None = figure()   # seed -> d_s
     delta_vs_front: float | None = figure()
-    delta_vs_front_ci95: list[float] | None = figure()
+    delta_vs_front_ci95: list[float] | None = interval_of("delta_vs_front")
     delta_vs_mixing: float | None = figure()
-    delta_vs_mixing_ci95: list[float] | None = figure()
+    delta_vs_mixing_ci95: list[float] | None = interval_of("delta_vs_mixing")
     loss_first_quarter: float | None = figure()
     loss_last_quarter: float | None = figure()
     val_acc: float | None = figure()
@@ -122,23 +131,23 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def paired(cell: Cell, base: Cell) -> np.ndarray | None:
-    """(seeds, windows) loss differences cell - base over the seeds both finished, or None."""
-    a, b = cell.windows(), base.windows()
-    if a is None or b is None:
+def paired(cell: Cell, other: Cell | None) -> dict[int, float] | None:
+    """{seed: d_s} over the seeds both cells finished, d_s the mean over the shared validation windows of
+    cell loss - other loss; None without both (or without the same windows)."""
+    if other is None or other is cell:
         return None
-    seeds = sorted({r.seed for r in cell.runs} & {r.seed for r in base.runs})
-    rows = [[r.seed for r in cell.runs].index(s) for s in seeds], [[r.seed for r in base.runs].index(s) for s in seeds]
-    return (a[rows[0]] - b[rows[1]]) if seeds else None
+    a, b = cell.windows(), other.windows()
+    if a is None or b is None or a.shape[1] != b.shape[1]:
+        return None
+    rows_a, rows_b = {r.seed: i for i, r in enumerate(cell.runs)}, {r.seed: i for i, r in enumerate(other.runs)}
+    return {s: float(np.mean(a[rows_a[s]] - b[rows_b[s]])) for s in sorted(rows_a.keys() & rows_b.keys())} or None
 
 
-def delta(cell: Cell, other: Cell | None) -> tuple[float | None, list[float] | None]:
-    """(mean paired difference cell - other, its 95% interval), or (None, None) without both."""
-    d = paired(cell, other) if other is not None and other is not cell else None
-    if d is None:
+def delta(by_seed: dict[int, float] | None) -> tuple[float | None, list[float] | None]:
+    """(mean of the per-seed differences, its 95% interval over seeds), or (None, None) without any."""
+    if not by_seed:
         return None, None
-    mean, lo, hi = bootstrap_mean_ci(d)
-    return mean, [lo, hi]
+    return float(np.mean(list(by_seed.values()))), seed_interval(list(by_seed.values()))
 
 
 def budget_entry(cell: Cell, ref: Reference | None, baseline: Cell | None = None, front: Cell | None = None,
@@ -149,16 +158,17 @@ def budget_entry(cell: Cell, ref: Reference | None, baseline: Cell | None = None
                     *(cell.mean(axis) for axis in AXES))
     if not cell.runs:
         return e
-    e.val_loss = float(np.mean(cell.finals))
+    e.val_loss_by_seed = {r.seed: r.result["val_loss"] for r in cell.runs}
+    e.val_loss, e.val_loss_ci95 = float(np.mean(cell.finals)), seed_interval(cell.finals)
     windows = cell.windows()
     if windows is not None:
-        _, lo, hi = bootstrap_mean_ci(windows)
-        e.val_loss_ci95, e.eval_se = [lo, hi], float(np.mean([standard_error(w) for w in windows]))
+        e.eval_se = float(np.mean([standard_error(w) for w in windows]))
     if ref is not None:
         e.bits_per_byte, e.margin_to_bigram = ref.bits_per_byte(e.val_loss), e.val_loss - ref.bigram
-    e.delta_vs_baseline, e.delta_vs_baseline_ci95 = delta(cell, baseline)
-    e.delta_vs_front, e.delta_vs_front_ci95 = delta(cell, front)
-    e.delta_vs_mixing, e.delta_vs_mixing_ci95 = delta(cell, mixing)
+    e.delta_vs_baseline_by_seed = paired(cell, baseline)
+    e.delta_vs_baseline, e.delta_vs_baseline_ci95 = delta(e.delta_vs_baseline_by_seed)
+    e.delta_vs_front, e.delta_vs_front_ci95 = delta(paired(cell, front))
+    e.delta_vs_mixing, e.delta_vs_mixing_ci95 = delta(paired(cell, mixing))
     by_position = cell.by_position()
     if by_position is not None:
         q = max(1, len(by_position) // 4)
