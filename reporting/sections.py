@@ -175,26 +175,40 @@ def per_seed(r: Report) -> list[str]:
             "that excludes zero. n/a: the seed did not finish.", ""] + table(rows, header) + [""]
 
 
+def by_budget(values: list[float | None], extrapolated: list[bool] | None = None) -> str:
+    """Multipliers by budget, an extrapolated one marked '*'."""
+    marks = extrapolated or [False] * len(values)
+    return " / ".join(na(v, lambda x: f"{x:.3g}") + ("*" if out else "") for v, out in zip(values, marks))
+
+
+def multiplier_cells(arm: ArmSummary, axis: str) -> list[str]:
+    """The arm's multipliers on one axis, off the baseline's fit and piecewise; the baseline has none."""
+    if arm.compute_multiplier_by_axis is None or arm.compute_multiplier_piecewise is None:
+        return ["baseline", "baseline"]
+    return [by_budget(arm.compute_multiplier_by_axis[axis], (arm.compute_multiplier_extrapolated or {}).get(axis)),
+            by_budget(arm.compute_multiplier_piecewise[axis])]
+
+
 def scaling(r: Report) -> list[str]:
-    summary = r.summary
-    budgets = summary.budgets
+    summary, axes = r.summary, ("flops", "time_s", "tokens")
     rows = []
     for name, arm in summary.arms.items():
-        by_budget = {e.budget: e for e in arm.budgets}
-        losses = [na(by_budget[b].val_loss) for b in budgets]
+        by_value = {e.budget: e for e in arm.budgets}
         fit = (arm.power_law or {}).get("flops")
-        mult = arm.compute_multiplier_by_axis or {}
-        cells = [" / ".join(na(v, lambda x: f"{x:.3g}") for v in mult.get(axis, [None] * len(budgets)))
-                 if mult else "baseline" for axis in ("flops", "time_s", "tokens")]
-        rows.append([name, *losses, na(fit[1] if fit else None, lambda v: f"{v:.3f}"), *cells])
-    header = ["arm", *[f"loss at {b:g}" for b in budgets], "power-law exponent (FLOPs)",
-              *[f"multiplier ({AXIS_WORDS[a]}), by budget" for a in ("flops", "time_s", "tokens")]]
+        rows.append([name, *[na(by_value[b].val_loss) for b in summary.budgets],
+                     na(fit[1] if fit else None, lambda v: f"{v:.3f}"),
+                     *[cell for a in axes for cell in multiplier_cells(arm, a)]])
+    header = ["arm", *[f"loss at {b:g}" for b in summary.budgets], "power-law exponent (FLOPs)",
+              *[f"multiplier ({AXIS_WORDS[a]}), {how}, by budget" for a in axes for how in ("fit", "piecewise")]]
     return ["Final validation loss at each budget (mean over seeds), the exponent b of a power law L = a C^-b fitted "
             "to it, and the compute multiplier: how many times the arm's compute (FLOPs, wall-clock or tokens) the "
-            f"baseline ({summary.baseline}) needs to reach the arm's loss, read off the baseline's own power law. "
-            "Below 1 the baseline is more efficient; a multiplier that falls with the budget means the gap widens "
-            "with compute. Outside the baseline's measured losses the law is extrapolated.", ""] + table(
-        rows, header) + ["", "![frontier.png](frontier.png)", ""]
+            f"baseline ({summary.baseline}) needs to reach the arm's loss, read two ways: off the baseline's own "
+            "power law (fit), and by piecewise interpolation between the baseline's measured points in log-log "
+            "space (piecewise; n/a where the arm's loss lies outside the baseline's measured losses). Below 1 the "
+            "baseline is more efficient; a multiplier that falls with the budget means the gap widens with compute.",
+            ""] + table(rows, header) + [
+        "", "\\* extrapolated: the arm's loss lies outside the baseline's measured losses, so the fit is read "
+        "beyond its data.", "", "![frontier.png](frontier.png)", ""]
 
 
 def difference(estimate: float | None, interval: list[float] | None) -> str:

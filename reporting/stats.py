@@ -17,9 +17,10 @@ effects) and widens as it should when seeds are few; the verdict still names a d
 enough seeds (reporting/verdict.py). The interval is conditional on the scored windows: their noise is
 reported beside it as the standard error over windows (eval SE).
 
-Compute multipliers. A loss-vs-compute curve is fitted as L = a * C^(-b) (a line in log-log space, as
-in Kaplan et al. 2020). The baseline's fit answers "how much compute would the baseline need to reach
-this loss", so an arm's loss at its compute becomes a compute ratio, the study's headline number.
+Compute multipliers. "How much compute would the baseline need to reach this loss", read two ways from
+the baseline's measured (compute, final loss) points: off a power law L = a * C^(-b) fitted to them (a
+line in log-log space, as in Kaplan et al. 2020), which extrapolates beyond them, and by piecewise
+linear interpolation between them in log-log space, which does not (None outside their losses).
 """
 from __future__ import annotations
 
@@ -101,3 +102,28 @@ def within(y: float, ys: np.ndarray) -> bool:
     ys = np.asarray(ys, dtype=np.float64)
     return bool(ys.size and ys.min() <= y <= ys.max())
 
+
+def piecewise_inverse(y: float, xs: np.ndarray, ys: np.ndarray) -> float | None:
+    """The least x at which the broken line through the points (xs, ys), ordered by x and straight between
+    neighbours in log-log space, reaches y; None where y lies outside [min(ys), max(ys)] (no extrapolation)."""
+    xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    if xs.ndim != 1 or xs.shape != ys.shape or not ((xs > 0).all() and (ys > 0).all()):
+        raise ValueError(f"xs and ys must be 1-D arrays of one length of positive values, got {xs} and {ys}")
+    order = np.argsort(xs)
+    log_x, log_y, target = np.log(xs[order]), np.log(ys[order]), math.log(y)
+    for i in range(len(xs) - 1):  # the first segment that reaches y: losses need not fall monotonically
+        if min(log_y[i], log_y[i + 1]) <= target <= max(log_y[i], log_y[i + 1]):
+            if log_y[i] == log_y[i + 1]:
+                return float(xs[order][i])
+            share = (target - log_y[i]) / (log_y[i + 1] - log_y[i])
+            return float(np.exp(log_x[i] + share * (log_x[i + 1] - log_x[i])))
+    return None
+
+
+def piecewise_multiplier(x_arm: float, y_arm: float, base_x: np.ndarray, base_y: np.ndarray) -> float | None:
+    """compute_multiplier read off the baseline's measured points (base_x, base_y) by piecewise log-log
+    interpolation instead of its power law; None where y_arm lies outside the baseline's measured losses."""
+    if x_arm <= 0 or y_arm <= 0:
+        raise ValueError(f"compute and loss must be positive, got x_arm={x_arm}, y_arm={y_arm}")
+    x = piecewise_inverse(y_arm, base_x, base_y)
+    return None if x is None else x / x_arm

@@ -5,8 +5,9 @@ Per arm and budget: the final validation loss of each reported seed and their me
 (Student t over seeds, see reporting/stats.py), its evaluation noise (standard error over windows), bits
 per byte, the margin to the bigram reference, the paired differences to the baseline per seed and their
 mean with its interval (same seed = same data order and evaluation windows in both arms), the loss early
-and late in the window (context use), and the compute multiplier on three axes (training FLOPs,
-wall-clock, tokens).
+and late in the window (context use). Per arm: the compute multiplier on three axes (training FLOPs,
+wall-clock, tokens), read off the baseline's power law (marked where extrapolated) and by piecewise
+interpolation between its measured points.
 
 summary.json is `to_json(summary)`: dataclasses.asdict, but for the figures an entry could not compute
 (no evaluation windows, no references, no arm to compare with), which it leaves out instead of writing
@@ -25,7 +26,8 @@ from launch.results import RunResult, read_jsonl
 from launch.spec import StudySpec
 from reporting.cells import Cell
 from reporting.references import Reference
-from reporting.stats import compute_multiplier, fit_power_law, seed_interval, standard_error
+from reporting.stats import (compute_multiplier, fit_power_law, piecewise_multiplier, seed_interval, standard_error,
+                             within)
 
 AXES = ("flops", "time_s", "tokens")  # the three meanings of equal compute
 STUCK = 0.05  # nats/token: a final loss this close to the unigram reference (or above it) learned nothing else
@@ -86,7 +88,9 @@ class ArmSummary:
     budgets: list[BudgetEntry]         # by FLOPs (else budget)
     loss_by_position: list[float] | None
     compute_multiplier: list[float | None] | None                      # FLOPs, by budget; None: the baseline
-    compute_multiplier_by_axis: dict[str, list[float | None]] | None   # {axis: by budget}
+    compute_multiplier_by_axis: dict[str, list[float | None]] | None   # {axis: by budget}, off the power law
+    compute_multiplier_extrapolated: dict[str, list[bool]] | None      # {axis: by budget}: the law read beyond
+    compute_multiplier_piecewise: dict[str, list[float | None]] | None  # {axis: by budget}, measured points only
     power_law: dict[str, list[float] | None]                           # {axis: [a, b] of L = a C^-b}
     parameters: int | None
     flops_per_token: float | None
@@ -178,23 +182,37 @@ def budget_entry(cell: Cell, ref: Reference | None, baseline: Cell | None = None
     return e
 
 
-def multipliers(arm_entries: list[BudgetEntry], base_entries: list[BudgetEntry]) -> tuple[dict, dict]:
-    """({axis: [multiplier per budget]}, {axis: [a, b] of the arm's own power law}) on each axis. The
-    multiplier says how many times the arm's compute the baseline needs for the arm's loss (its power
-    law, fitted on its budgets): < 1 means the baseline is more efficient. None where it cannot be
-    computed (under two baseline points, or the arm lacks the axis)."""
-    out, fits = {}, {}
+def points(entries: list[BudgetEntry], axis: str) -> tuple[np.ndarray, np.ndarray]:
+    """(compute on the axis, final loss) of the entries that have both."""
+    pairs = [(getattr(e, axis), e.val_loss) for e in entries if getattr(e, axis) and e.val_loss]
+    return np.array([x for x, _ in pairs], dtype=np.float64), np.array([y for _, y in pairs], dtype=np.float64)
+
+
+def power_laws(entries: list[BudgetEntry]) -> dict[str, list[float] | None]:
+    """{axis: [a, b] of the arm's own power law L = a C^-b over its budgets}, None under two points."""
+    fits = {}
     for axis in AXES:
-        bx = [(getattr(e, axis), e.val_loss) for e in base_entries if getattr(e, axis) and e.val_loss]
-        ax = [(getattr(e, axis), e.val_loss) for e in arm_entries if getattr(e, axis) and e.val_loss]
-        fits[axis] = list(fit_power_law(*map(np.asarray, zip(*ax)))) if len(ax) >= 2 else None
-        if len(bx) < 2:
-            out[axis] = [None for _ in arm_entries]
-            continue
-        base_fit = fit_power_law(*map(np.asarray, zip(*bx)))
-        out[axis] = [compute_multiplier(getattr(e, axis), e.val_loss, base_fit) if getattr(e, axis) and e.val_loss
-                     else None for e in arm_entries]
-    return out, fits
+        x, y = points(entries, axis)
+        fits[axis] = list(fit_power_law(x, y)) if len(x) >= 2 else None
+    return fits
+
+
+def multipliers(arm_entries: list[BudgetEntry], base_entries: list[BudgetEntry]) -> tuple[dict, dict, dict]:
+    """({axis: multiplier per budget off the baseline's power law}, {axis: whether that reads the law
+    outside the baseline's measured losses}, {axis: multiplier per budget by piecewise interpolation}).
+    A multiplier says how many times the arm's compute the baseline needs for the arm's loss: < 1 means
+    the baseline is more efficient. None where it cannot be computed (under two baseline points, the arm
+    lacks the axis; piecewise: the arm's loss outside the baseline's measured losses)."""
+    fitted, extrapolated, piecewise = {}, {}, {}
+    for axis in AXES:
+        base_x, base_y = points(base_entries, axis)
+        base_fit = fit_power_law(base_x, base_y) if len(base_x) >= 2 else None
+        known = [(getattr(e, axis), e.val_loss) if base_fit and getattr(e, axis) and e.val_loss else None
+                 for e in arm_entries]
+        fitted[axis] = [compute_multiplier(*k, base_fit) if k else None for k in known]
+        extrapolated[axis] = [bool(k) and not within(k[1], base_y) for k in known]
+        piecewise[axis] = [piecewise_multiplier(*k, base_x, base_y) if k else None for k in known]
+    return fitted, extrapolated, piecewise
 
 
 def front_gradient_share(run: RunResult) -> list[float] | None:
@@ -247,7 +265,7 @@ def arm_summary(spec: StudySpec, name: str, cells: dict[tuple[str, float], Cell]
     """An arm over its budgets: the entries, its lr grid, multipliers, power laws and efficiency figures."""
     budgets = spec.budget.values
     arm = next(a for a in spec.arms if a.name == name)
-    mult, fits = multipliers(entries, base_entries)
+    fitted, extrapolated, piecewise = multipliers(entries, base_entries)
     top = cells[(name, budgets[-1])]
     grid = sorted({g.lr for b in budgets for g in cells[(name, b)].grid})
     by_position = top.by_position()
@@ -256,8 +274,10 @@ def arm_summary(spec: StudySpec, name: str, cells: dict[tuple[str, float], Cell]
         lr_grid=grid or [top.lr], lr=top.lr, lr_at_edge=top.at_edge,
         budgets=sorted(entries, key=lambda e: e.flops or e.budget),
         loss_by_position=by_position.tolist() if by_position is not None else None,
-        compute_multiplier=None if name == base else mult["flops"],
-        compute_multiplier_by_axis=None if name == base else mult, power_law=fits,
+        compute_multiplier=None if name == base else fitted["flops"],
+        compute_multiplier_by_axis=None if name == base else fitted,
+        compute_multiplier_extrapolated=None if name == base else extrapolated,
+        compute_multiplier_piecewise=None if name == base else piecewise, power_law=power_laws(entries),
         parameters=top.first("parameters"), flops_per_token=top.first("flops_per_token"),
         hardware_flops_per_token=top.first("hardware_flops_per_token"),
         tokens_per_s=top.mean("tokens_per_s"), mfu=top.mean("mfu"),

@@ -1,6 +1,7 @@
 """The study's statistics against plain references: the seed-level t interval equals a plain loop with
 scipy's t quantile and covers a known mean at its nominal rate with 3 seeds (where a percentile bootstrap
-over seeds does not), and the power-law fit, its inverse and the compute multiplier recover known curves."""
+over seeds does not), the power-law fit, its inverse and the compute multiplier recover known curves, and
+the piecewise multiplier equals a hand computation."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from reporting.stats import (compute_multiplier, fit_power_law, power_law, power_law_inverse, seed_interval,
-                            standard_error, within)
+from reporting.stats import (compute_multiplier, fit_power_law, piecewise_inverse, piecewise_multiplier, power_law,
+                            power_law_inverse, seed_interval, standard_error, within)
 
 
 def loop_t_interval(values: list[float], level: float) -> list[float]:
@@ -134,3 +135,38 @@ def test_multiplier_of_a_compute_shifted_arm(shift: float, expected: float):
     assert within(base_losses[2], base_losses)
     assert within(power_law(budgets[0] / 4.0, 10.0, 0.1), base_losses) is False
 
+
+def test_piecewise_multiplier_equals_a_hand_computation():
+    """Baseline points (1e6, 3.0), (1e7, 2.5), (1e8, 2.2); an arm at 2e7 FLOPs with loss 2.35 lies on the
+    second segment: a share s = ln(2.35 / 2.5) / ln(2.2 / 2.5) of the way from 1e7 to 1e8 in log compute."""
+    xs, ys = np.array([1e6, 1e7, 1e8]), np.array([3.0, 2.5, 2.2])
+    share = math.log(2.35 / 2.5) / math.log(2.2 / 2.5)
+    needed = math.exp(math.log(1e7) + share * (math.log(1e8) - math.log(1e7)))
+    assert piecewise_multiplier(2e7, 2.35, xs, ys) == pytest.approx(needed / 2e7, rel=1e-12)
+    assert piecewise_multiplier(5e6, 2.5, xs[::-1], ys[::-1]) == pytest.approx(1e7 / 5e6, rel=1e-12)  # any order
+    first = math.log(2.8 / 3.0) / math.log(2.5 / 3.0)  # the first segment
+    assert piecewise_inverse(2.8, xs, ys) == pytest.approx(1e6 * 10 ** first, rel=1e-12)
+    assert piecewise_multiplier(2e7, 3.1, xs, ys) is None and piecewise_multiplier(2e7, 2.1, xs, ys) is None
+
+
+def test_piecewise_inverse_takes_the_least_compute_on_a_noisy_curve():
+    """Losses that rise again (2.5 at 1e7, 2.6 at 1e8) reach 2.55 twice: the baseline needs the first."""
+    xs, ys = np.array([1e6, 1e7, 1e8]), np.array([3.0, 2.5, 2.6])
+    share = math.log(2.55 / 3.0) / math.log(2.5 / 3.0)
+    assert piecewise_inverse(2.55, xs, ys) == pytest.approx(1e6 * 10 ** share, rel=1e-12)
+
+
+def test_piecewise_matches_the_power_law_on_an_exact_one():
+    """On points of an exact power law, log-log interpolation is exact: the two multipliers agree inside
+    the measured losses, and only the fit answers outside them."""
+    budgets = np.geomspace(1e12, 1e15, 4)
+    base = power_law(budgets, 10.0, 0.1)
+    fit = fit_power_law(budgets, base)
+    inside = []
+    for c in np.geomspace(1e12, 1e15, 9):
+        y = power_law(c / 2.0, 10.0, 0.1)  # the baseline reaches the arm's loss with half its compute
+        inside.append(within(y, base))
+        assert compute_multiplier(c, y, fit) == pytest.approx(0.5, rel=1e-9)
+        piecewise = piecewise_multiplier(c, y, budgets, base)
+        assert piecewise == pytest.approx(0.5, rel=1e-9) if inside[-1] else piecewise is None
+    assert inside[0] is False and all(inside[2:])  # the smallest arm budget's loss lies above the baseline's

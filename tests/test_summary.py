@@ -1,6 +1,6 @@
 """The summary and report of a study from fake finished runs: per-seed values, seed-level intervals against a
-plain t interval, the verdict rule (5 seeds and an interval that excludes zero), and the compute
-multiplier."""
+plain t interval, the verdict rule (5 seeds and an interval that excludes zero), the compute multipliers
+(off the baseline's power law, extrapolation marked, and piecewise)."""
 import json
 import math
 
@@ -50,7 +50,7 @@ OFFSETS = {1: -0.02, 2: -0.01, 3: 0.0, 4: 0.01, 5: 0.02}  # mean 0: the seeds' m
 TOP_DELTA = 10 * (1e7 / 4) ** -0.1 - 10 * 1e7 ** -0.1  # wide - narrow at the largest budget, shift 0
 
 
-def test_summary_pairs_seeds_and_finds_the_compute_multiplier(tmp_path):
+def test_summary_pairs_seeds_and_finds_the_compute_multipliers(tmp_path):
     rng = np.random.default_rng(0)
     windows = {s: rng.normal(0, 0.3, size=8) for s in OFFSETS}
     text = study_text(tmp_path, tmp_path / "out", seeds=FIVE, budget="flops = [1e6, 3e6, 1e7]")
@@ -61,6 +61,12 @@ def test_summary_pairs_seeds_and_finds_the_compute_multiplier(tmp_path):
     assert narrow["compute_multiplier"] is None and summary["baseline"] == "narrow"
     assert wide["compute_multiplier"] == pytest.approx([0.25, 0.25, 0.25], rel=1e-9)  # 4x less efficient, exactly
     assert wide["power_law"]["flops"] == pytest.approx([10 * 4 ** 0.1, 0.1], rel=1e-9)
+    # wide's loss at 1e6 and 3e6 (narrow's at 2.5e5 and 7.5e5) lies above every loss narrow measured
+    for axis in ("flops", "time_s", "tokens"):
+        assert wide["compute_multiplier_extrapolated"][axis] == [True, True, False]
+        piecewise = wide["compute_multiplier_piecewise"][axis]  # exact power law: log-log interpolation is exact
+        assert piecewise[:2] == [None, None] and piecewise[2] == pytest.approx(0.25, rel=1e-9)
+    assert narrow["compute_multiplier_extrapolated"] is None and narrow["compute_multiplier_piecewise"] is None
     top, narrow_top = wide["budgets"][-1], narrow["budgets"][-1]
     # per seed: narrow's losses, and every paired difference the same (the same windows, shifted)
     losses = {str(s): 10 * 1e7 ** -0.1 + o for s, o in OFFSETS.items()}
@@ -79,7 +85,10 @@ def test_summary_pairs_seeds_and_finds_the_compute_multiplier(tmp_path):
     rows = table_rows(report, "Results at the largest budget")
     assert rows["wide"]["val loss"] == f"{top['val_loss']:.4f}" and rows["wide"]["Δ vs narrow"] == f"{TOP_DELTA:+.3f}"
     assert rows["narrow"]["lr"] == "0.001 (edge)" and rows["wide"]["role"] == "subject"
-    assert table_rows(report, "Loss against compute")["wide"]["multiplier (FLOPs), by budget"] == "0.25 / 0.25 / 0.25"
+    scaling = table_rows(report, "Loss against compute")["wide"]
+    assert scaling["multiplier (FLOPs), fit, by budget"] == "0.25* / 0.25* / 0.25"
+    assert scaling["multiplier (tokens), piecewise, by budget"] == "n/a / n/a / 0.25"
+    assert "\\* extrapolated: the arm's loss lies outside the baseline's measured losses" in report
     per_seed = table_rows(report, "Per seed at the largest budget")
     assert [per_seed["narrow"][f"loss, seed {s}"] for s in OFFSETS] == [f"{v:.4f}" for v in losses.values()]
     assert per_seed["wide"]["Δ vs narrow, seed 3"] == f"{TOP_DELTA:+.3f}"
