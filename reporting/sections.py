@@ -35,7 +35,6 @@ class Report:
     summary: Summary
     cells: dict[tuple[str, float], Cell]
     top: list[Cell]                             # each arm at the largest budget, in study order
-    vocab: int | None
     sweep: Sweep | None                         # synthetic arms: accuracy against difficulty
     gpt2: tuple[dict | None, str]               # the pretrained GPT-2 row, or why there is none
     samples: dict[str, tuple[str, str] | str]   # arm: (prompt, continuation), or why there is none
@@ -104,14 +103,14 @@ def notes(r: Report) -> list[str]:
 
 
 def references(r: Report) -> list[str]:
-    refs, vocab = r.summary.references, r.vocab
+    refs = r.summary.references
     if refs is None:
         return []
     rows = [[name, f"{value:.4f}", na(bits)] for name, value, bits in [
         ("uniform", refs.uniform, refs.uniform_bits_per_byte), ("unigram", refs.unigram, refs.unigram_bits_per_byte),
         ("bigram", refs.bigram, refs.bigram_bits_per_byte)]]
     return [f"Cross-entropy of simple models on exactly the validation windows the arms are scored on ({refs.tokens:,} "
-            f"tokens, {refs.bytes:,} bytes of text): a uniform guess over the {vocab} ids "
+            f"tokens, {refs.bytes:,} bytes of text): a uniform guess over the {refs.vocab_size} ids of the dataset "
             "(ln V), the unigram model of the train split (add-one smoothing) and its bigram model (interpolated "
             "Witten-Bell). A model "
             "at the unigram level has learned nothing about mixing tokens; one above the bigram uses at most the "

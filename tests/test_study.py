@@ -249,6 +249,7 @@ def test_study_trains_tuning_then_reported_runs_and_reports_them(finished_study)
     summary = json.loads((out / "summary.json").read_text())
     refs = summary["references"]
     assert refs["bigram"] < refs["unigram"] < refs["uniform"] == pytest.approx(math.log(59))
+    assert "a uniform guess over the 59 ids of the dataset (ln V)" in (out / "report.md").read_text()  # model: 64
     lr = summary["arms"]["narrow"]["lr"]
     for arm in ("narrow", "wide"):
         for entry in summary["arms"][arm]["budgets"]:

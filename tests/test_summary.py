@@ -1,8 +1,9 @@
 """The summary and report of a study from fake finished runs: per-seed values, seed-level intervals against a
 plain t interval, the verdict rule (5 seeds and an interval that excludes zero), the compute multipliers
-(off the baseline's power law, extrapolation marked, and piecewise)."""
+(off the baseline's power law, extrapolation marked, and piecewise), and the frontier plot's axis."""
 import json
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -11,7 +12,10 @@ from scipy.stats import t as student_t
 from launch.plan import report_runs, tuning_runs
 from launch.results import choose_lrs
 from launch.spec import loads_study
+from reporting.plots import MARGIN, frontier_figure, plt
+from reporting.references import Reference
 from reporting.report import write_report
+from reporting.summary import ArmSummary, BudgetEntry, Summary
 from test_study import fake_run, steps_for, study_text, table_rows
 
 
@@ -129,3 +133,30 @@ def test_a_verdict_needs_five_seeds_and_an_interval_that_excludes_zero(tmp_path,
         assert f"Its mixer against the same block without mixing (narrow): no claim ({mean:+.3f}" in verdict
         assert "worse than" not in verdict and "hurts" not in verdict
     assert table_rows(report, "Results at the largest budget")["wide"]["Δ 95% CI"] == shown
+
+
+def arm_with_losses(losses: list[float], control: bool = False):
+    """An ArmSummary with only what the frontier reads: its final losses over the budgets 1e6, 1e7, 1e8."""
+    entries = [BudgetEntry(b, flops=b, time_s=b / 1e5, tokens=b / 1e3, val_loss=v)
+               for b, v in zip([1e6, 1e7, 1e8], losses)]
+    return ArmSummary(**{**{f.name: None for f in fields(ArmSummary)}, "control": control, "budgets": entries,
+                         "power_law": {}, "health": []})
+
+
+def test_the_frontier_spans_the_arms_and_names_the_references_outside_it():
+    """Issue 17's plot: the arms in 2.1-3.0 nats, the uniform reference ln 677 = 6.518 (the dataset's vocabulary;
+    a model pads it to 704) far above them. The y-axis spans the arms with a 3% margin; the bigram lies inside
+    and is drawn, the unigram and the uniform lie outside and are named in the legend only."""
+    refs = Reference(uniform=math.log(677), unigram=3.188, bigram=2.566, tokens=100, bytes=100)
+    arms = {"gpt": arm_with_losses([2.6, 2.4, 2.25]), "front": arm_with_losses([2.3, 2.2, 2.1]),
+            "convonly": arm_with_losses([3.0, 2.8, 2.6], control=True)}
+    fig = frontier_figure(Summary("s", "flops", [1e6, 1e7, 1e8], [1], [], "gpt", refs, arms))
+    for ax in fig.axes:
+        assert ax.get_ylim() == pytest.approx((2.1 / MARGIN, 3.0 * MARGIN))
+        labels = ax.get_legend_handles_labels()[1]
+        assert {"uniform ln 677 = 6.518 (above the axis)", "unigram = 3.188 (above the axis)",
+                "bigram = 2.566"} <= set(labels)
+        levels = [line.get_ydata()[0] for line in ax.lines if len(line.get_ydata()) == 2 and
+                  line.get_ydata()[0] == line.get_ydata()[1]]  # horizontal lines
+        assert levels == [pytest.approx(2.566)]
+    plt.close(fig)
