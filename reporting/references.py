@@ -141,6 +141,11 @@ class Reference:
     def bits_per_byte(self, nats_per_token: float) -> float:
         return bits_per_byte(nats_per_token, self.tokens, self.bytes)
 
+    @property
+    def vocab_size(self) -> int:
+        """V of the uniform reference ln V: the dataset's vocabulary, not a model's (padded) embedding."""
+        return round(math.exp(self.uniform))
+
 
 def study_reference(config: dict) -> Reference | None:
     """The references on the validation windows a run with this resolved config is scored on (its

@@ -47,9 +47,8 @@ def build(spec: StudySpec, text: str, models: dict[str, str], tuning: list, repo
     first = next((c.runs[0] for c in top if c.runs), None)
     ref = study_reference(first.config) if first is not None else None
     summary = summarize(spec, cells, models, base, ref)
-    vocab = int(first.config["model"]["vocab_size"]) if first is not None else None
     sweep, cache = find_sweep(top), Cache(out_dir / "cache.json")
-    return Report(spec, text, summary, cells, top, vocab, sweep,
+    return Report(spec, text, summary, cells, top, sweep,
                   gpt2_row(spec, cells[(base, budgets[-1])], cache), sample_arms(top, spec.sample, cache))
 
 
@@ -59,8 +58,8 @@ def pick_baseline(spec: StudySpec, models: dict[str, str]) -> str:
 
 def plot(r: Report, out_dir: Path) -> Figures:
     """Every figure of the report, written to out_dir."""
-    curves = write_curves(r.top, r.vocab, r.summary.references, r.spec.name, out_dir, acc=r.sweep is not None)
-    plot_frontier(r.summary, r.vocab, out_dir / "frontier.png")
+    curves = write_curves(r.top, r.summary.references, r.spec.name, out_dir, acc=r.sweep is not None)
+    plot_frontier(r.summary, out_dir / "frontier.png")
     plot_by_position(r.summary, out_dir / "loss_by_position.png")
     return Figures([*curves, "loss_by_position.png"], plot_accuracy(r.sweep, r.spec.name, out_dir),
                    token_image_figures(r.top, r.spec.sample, out_dir))

@@ -11,11 +11,11 @@ from typing import Callable
 from engine.setup import tokens_per_step
 from launch.spec import StudySpec
 from reporting.cells import Cell
+from reporting.markdown import BUDGET_WORDS, ci, na, signed, table
 from reporting.summary import ArmSummary, Summary
 from reporting.sweep import DIFFICULTY, WIDTH, Sweep, acc_table, is_synthetic
+from reporting.verdict import CLAIM_SEEDS, verdict_lines
 
-BUDGET_WORDS = {"flops": "training FLOPs", "time_s": "seconds of training wall-clock (evaluation excluded)",
-                "tokens": "training tokens", "iters": "optimizer steps"}
 AXIS_WORDS = {"flops": "FLOPs", "time_s": "wall-clock", "tokens": "tokens"}
 
 
@@ -35,7 +35,6 @@ class Report:
     summary: Summary
     cells: dict[tuple[str, float], Cell]
     top: list[Cell]                             # each arm at the largest budget, in study order
-    vocab: int | None
     sweep: Sweep | None                         # synthetic arms: accuracy against difficulty
     gpt2: tuple[dict | None, str]               # the pretrained GPT-2 row, or why there is none
     samples: dict[str, tuple[str, str] | str]   # arm: (prompt, continuation), or why there is none
@@ -44,23 +43,6 @@ class Report:
     @property
     def largest_budget(self) -> str:
         return f"{self.summary.budgets[-1]:g} {BUDGET_WORDS[self.summary.budget_kind]}"
-
-
-def na(value, fmt: Callable[[float], str] = lambda v: f"{v:.4f}") -> str:
-    return "n/a" if value is None else fmt(value)
-
-
-def signed(value: float | None) -> str:
-    """A difference in nats, its sign shown."""
-    return na(value, lambda v: f"{v:+.3f}")
-
-
-def ci(pair: list[float] | None) -> str:
-    return "n/a" if pair is None else f"[{pair[0]:.3f}, {pair[1]:.3f}]"
-
-
-def table(rows: list[list[str]], header: list[str]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def role(name: str, arm: ArmSummary, baseline: str) -> str:
@@ -82,9 +64,9 @@ def results_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
         rows.append([name, role(name, arm, summary.baseline), lr, str(len(e.seeds)),
                      na(arm.parameters, lambda v: f"{v:,}"), na(arm.flops_per_token, lambda v: f"{v:.4g}"),
                      na(e.tokens, lambda v: f"{round(v):,}"), na(e.time_s, lambda v: f"{v:.1f}"),
-                     na(e.val_loss), ci(e.val_loss_ci95), na(e.eval_se),
+                     na(e.val_loss), ci(e.val_loss_ci95, e.val_loss), na(e.eval_se),
                      na(e.bits_per_byte), signed(e.margin_to_bigram), signed(e.delta_vs_baseline),
-                     ci(e.delta_vs_baseline_ci95),
+                     ci(e.delta_vs_baseline_ci95, e.delta_vs_baseline),
                      na(e.loss_first_quarter), na(e.loss_last_quarter),
                      na(arm.tokens_per_s, lambda v: f"{v:.4g}"), na(arm.mfu, lambda v: f"{100 * v:.1f}%")]
                     + ([na(arm.hardware_flops_per_token, lambda v: f"{v:.4g}")] if recompute else [])
@@ -121,15 +103,16 @@ def notes(r: Report) -> list[str]:
 
 
 def references(r: Report) -> list[str]:
-    refs, vocab = r.summary.references, r.vocab
+    refs = r.summary.references
     if refs is None:
         return []
     rows = [[name, f"{value:.4f}", na(bits)] for name, value, bits in [
         ("uniform", refs.uniform, refs.uniform_bits_per_byte), ("unigram", refs.unigram, refs.unigram_bits_per_byte),
         ("bigram", refs.bigram, refs.bigram_bits_per_byte)]]
     return [f"Cross-entropy of simple models on exactly the validation windows the arms are scored on ({refs.tokens:,} "
-            f"tokens, {refs.bytes:,} bytes of text): a uniform guess over the {vocab} ids (ln V), the unigram "
-            "model of the train split (add-one smoothing) and its bigram model (interpolated Witten-Bell). A model "
+            f"tokens, {refs.bytes:,} bytes of text): a uniform guess over the {refs.vocab_size} ids of the dataset "
+            "(ln V), the unigram model of the train split (add-one smoothing) and its bigram model (interpolated "
+            "Witten-Bell). A model "
             "at the unigram level has learned nothing about mixing tokens; one above the bigram uses at most the "
             "previous token.", ""] + table(rows, ["reference", "nats/token", "bits/byte"]) + [""]
 
@@ -137,14 +120,16 @@ def references(r: Report) -> list[str]:
 def results(r: Report) -> list[str]:
     header, rows = results_rows(r.summary)
     lines = table(rows, header) + [""]
-    lines.append("Means over the reported seeds. The 95% intervals are percentile bootstraps over seeds and "
-                 "evaluation windows (every arm is scored on the same windows, and seed s gives every arm the same "
-                 "data order, so differences are paired); eval SE is the standard error of one run's loss over its "
-                 "windows (the evaluation noise). Bits per byte = nats/token x tokens / (bytes x ln 2) of the "
-                 "scored text. The first and last quarter are the mean loss at positions 1..T/4 and 3T/4..T of the "
-                 "window: a model that uses its context gets better along the window. '(edge)': the chosen lr is "
-                 "at the edge of its grid, so the optimum may lie outside it. FLOPs are model FLOPs (counted per "
-                 "model, equal for any hardware); hardware FLOPs add what activation checkpointing recomputes.")
+    lines.append("Means over the reported seeds. The 95% intervals are Student t intervals over seeds: of the per-seed "
+                 "losses, and for a difference of the per-seed differences d_s (seed s gives every arm the same data "
+                 "order and the same validation windows, so d_s is the mean over the windows of arm loss minus "
+                 "baseline loss on that seed); with one seed there is no interval. eval SE is the standard error of "
+                 "one run's loss over its windows (the evaluation noise). Bits per byte = nats/token x tokens / (bytes "
+                 "x ln 2) of the scored text. The first and last quarter are the mean loss at positions 1..T/4 and "
+                 "3T/4..T of the window: a model that uses its context gets better along the window. '(edge)': the "
+                 "chosen lr is at the edge of its grid, so the optimum may lie outside it. FLOPs are model FLOPs "
+                 "(counted per model, equal for any hardware); hardware FLOPs add what activation checkpointing "
+                 "recomputes.")
     value, why = r.gpt2
     if r.spec.reference == "gpt2":
         lines += ["", "Pretrained GPT-2 (124M, OpenAI's weights, not trained here) on the baseline's validation "
@@ -170,65 +155,63 @@ def recipe_notes(top: list[Cell]) -> list[str]:
     return notes
 
 
-def verdict(r: Report) -> list[str]:
-    """One sentence per subject arm where the interval of its difference to the baseline excludes zero."""
-    base, kind = r.summary.baseline, r.summary.budget_kind
-    lines = []
-    for name, arm in r.summary.arms.items():
-        if name == base or arm.control:
-            continue
-        e = arm.top
-        interval = e.delta_vs_baseline_ci95
-        if interval is None or interval[0] <= 0 <= interval[1]:
-            lines.append(f"- {name}: no claim: the 95% interval of its difference to {base} "
-                         f"({ci(interval)}) includes zero or is missing.")
-            continue
-        word = "worse" if e.delta_vs_baseline > 0 else "better"
-        m = arm.compute_multiplier or []
-        mixing = mixing_clause(arm)
-        trend = ""
-        if len(m) >= 2 and m[0] and m[-1]:
-            trend = (f"; the compute multiplier goes from {m[0]:.3g} to {m[-1]:.3g} over the budgets, so the gap "
-                     f"{'widens' if m[-1] < m[0] else 'closes'} with compute" if abs(m[-1] / m[0] - 1) > 0.1
-                     else "; the compute multiplier stays about constant over the budgets")
-        lines.append(f"- {name} is {word} than {base} at {e.budget:g} {BUDGET_WORDS[kind]} by "
-                     f"{abs(e.delta_vs_baseline):.3f} nats/token (95% CI {ci(interval)}){trend}.{mixing}")
-    return lines + [""]
+def per_seed(r: Report) -> list[str]:
+    """Every arm's final loss on each reported seed at the largest budget, and its difference to the baseline
+    on the same seed: the values the intervals and the verdict are computed from."""
+    base, arms = r.summary.baseline, r.summary.arms
+    seeds = sorted({s for arm in arms.values() for s in arm.top.val_loss_by_seed or {}})
+    if not seeds:
+        return []
+    rows = []
+    for name, arm in arms.items():
+        losses, deltas = arm.top.val_loss_by_seed or {}, arm.top.delta_vs_baseline_by_seed
+        rows.append([name, *[na(losses.get(s)) for s in seeds],
+                     *([signed(deltas.get(s)) for s in seeds] if deltas else ["—"] * len(seeds))])
+    header = ["arm", *[f"loss, seed {s}" for s in seeds], *[f"Δ vs {base}, seed {s}" for s in seeds]]
+    return [f"Final validation loss of each reported seed, and the difference to {base} on the same seed (the "
+            "mean over the shared validation windows): the intervals above are Student t intervals over these "
+            f"columns, and the verdict names a direction only with at least {CLAIM_SEEDS} seeds and an interval "
+            "that excludes zero. n/a: the seed did not finish.", ""] + table(rows, header) + [""]
 
 
-def mixing_clause(arm: ArmSummary) -> str:
-    """What the arm's token mixer adds against the same block without mixing, where the study has it."""
-    interval = arm.top.delta_vs_mixing_ci95
-    if not arm.mixing or interval is None:
-        return ""
-    d = arm.top.delta_vs_mixing
-    if interval[0] <= 0 <= interval[1]:
-        return (f" Its mixer adds nothing measurable over the same block without mixing ({arm.mixing}: "
-                f"{d:+.3f} nats/token, 95% CI {ci(interval)}).")
-    return (f" Against the same block without mixing ({arm.mixing}) its mixer {'helps' if d < 0 else 'hurts'} by "
-            f"{abs(d):.3f} nats/token (95% CI {ci(interval)}).")
+def by_budget(values: list[float | None], extrapolated: list[bool] | None = None) -> str:
+    """Multipliers by budget, an extrapolated one marked '*'."""
+    marks = extrapolated or [False] * len(values)
+    return " / ".join(na(v, lambda x: f"{x:.3g}") + ("*" if out else "") for v, out in zip(values, marks))
+
+
+def multiplier_cells(arm: ArmSummary, axis: str) -> list[str]:
+    """The arm's multipliers on one axis, off the baseline's fit and piecewise; the baseline has none."""
+    if arm.compute_multiplier_by_axis is None or arm.compute_multiplier_piecewise is None:
+        return ["baseline", "baseline"]
+    return [by_budget(arm.compute_multiplier_by_axis[axis], (arm.compute_multiplier_extrapolated or {}).get(axis)),
+            by_budget(arm.compute_multiplier_piecewise[axis])]
 
 
 def scaling(r: Report) -> list[str]:
-    summary = r.summary
-    budgets = summary.budgets
+    summary, axes = r.summary, ("flops", "time_s", "tokens")
     rows = []
     for name, arm in summary.arms.items():
-        by_budget = {e.budget: e for e in arm.budgets}
-        losses = [na(by_budget[b].val_loss) for b in budgets]
+        by_value = {e.budget: e for e in arm.budgets}
         fit = (arm.power_law or {}).get("flops")
-        mult = arm.compute_multiplier_by_axis or {}
-        cells = [" / ".join(na(v, lambda x: f"{x:.3g}") for v in mult.get(axis, [None] * len(budgets)))
-                 if mult else "baseline" for axis in ("flops", "time_s", "tokens")]
-        rows.append([name, *losses, na(fit[1] if fit else None, lambda v: f"{v:.3f}"), *cells])
-    header = ["arm", *[f"loss at {b:g}" for b in budgets], "power-law exponent (FLOPs)",
-              *[f"multiplier ({AXIS_WORDS[a]}), by budget" for a in ("flops", "time_s", "tokens")]]
+        rows.append([name, *[na(by_value[b].val_loss) for b in summary.budgets],
+                     na(fit[1] if fit else None, lambda v: f"{v:.3f}"),
+                     *[cell for a in axes for cell in multiplier_cells(arm, a)]])
+    header = ["arm", *[f"loss at {b:g}" for b in summary.budgets], "power-law exponent (FLOPs)",
+              *[f"multiplier ({AXIS_WORDS[a]}), {how}, by budget" for a in axes for how in ("fit", "piecewise")]]
     return ["Final validation loss at each budget (mean over seeds), the exponent b of a power law L = a C^-b fitted "
             "to it, and the compute multiplier: how many times the arm's compute (FLOPs, wall-clock or tokens) the "
-            f"baseline ({summary.baseline}) needs to reach the arm's loss, read off the baseline's own power law. "
-            "Below 1 the baseline is more efficient; a multiplier that falls with the budget means the gap widens "
-            "with compute. Outside the baseline's measured losses the law is extrapolated.", ""] + table(
-        rows, header) + ["", "![frontier.png](frontier.png)", ""]
+            f"baseline ({summary.baseline}) needs to reach the arm's loss, read two ways: off the baseline's own "
+            "power law (fit), and by piecewise interpolation between the baseline's measured points in log-log "
+            "space (piecewise; n/a where the arm's loss lies outside the baseline's measured losses). Below 1 the "
+            "baseline is more efficient; a multiplier that falls with the budget means the gap widens with compute.",
+            ""] + table(rows, header) + [
+        "", "\\* extrapolated: the arm's loss lies outside the baseline's measured losses, so the fit is read "
+        "beyond its data.", "", "![frontier.png](frontier.png)", ""]
+
+
+def difference(estimate: float | None, interval: list[float] | None) -> str:
+    return f"{signed(estimate)} {ci(interval, estimate)}"
 
 
 def health(r: Report) -> list[str]:
@@ -236,9 +219,9 @@ def health(r: Report) -> list[str]:
     for name, arm in r.summary.arms.items():
         e, share = arm.top, arm.front_gradient_share
         rows.append([name, signed(e.margin_to_bigram),
-                     f"{signed(e.delta_vs_front)} {ci(e.delta_vs_front_ci95)}" if arm.front else "—",
+                     difference(e.delta_vs_front, e.delta_vs_front_ci95) if arm.front else "—",
                      signed(e.front_equal_tokens) if arm.front else "—",
-                     f"{signed(e.delta_vs_mixing)} {ci(e.delta_vs_mixing_ci95)}" if arm.mixing else "—",
+                     difference(e.delta_vs_mixing, e.delta_vs_mixing_ci95) if arm.mixing else "—",
                      f"{share[0]:.3f} → {share[1]:.3f}" if share else "n/a", "; ".join(arm.health) or "ok"])
     return ["An arm that sits at the unigram level, or that is worse than its own front (the same embedding and "
             "warm-up without the image stage) at equal tokens, shows a defect before it shows a result; worse at "
@@ -362,7 +345,8 @@ SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
     ("Notes", notes),
     ("References", references),
     ("Results at the largest budget ({r.largest_budget})", results),
-    ("Verdict", verdict),
+    ("Per seed at the largest budget ({r.largest_budget})", per_seed),
+    ("Verdict", lambda r: verdict_lines(r.summary)),
     ("Loss against compute", scaling),
     ("Training health", health),
     ("Learning rates", learning_rates),

@@ -1,56 +1,50 @@
-"""The statistics of a study: paired bootstrap intervals, evaluation noise, and power-law compute fits.
+"""The statistics of a study: seed-level intervals, evaluation noise, and compute multipliers.
 
-Paired differences. Every run of every arm is scored on the same validation windows in the same order
-(engine/evaluation.py), so an arm is compared with the baseline cell by cell: diffs[s, w] = arm loss
-minus baseline loss for seed s and window w, shape (S, W). Two sources of noise sit in that table: which
-seeds were trained (init, data order) and which windows were scored. Seeds and windows are crossed
-(every seed is scored on every window), so the bootstrap resamples both factors at once: S seeds and
-W windows with replacement, the drawn windows the same for every drawn seed. A window that is hard for
-every seed then counts with its full weight, as it would on new text.
+Intervals are over training seeds. Every run of every arm is scored on the same validation windows in
+the same order (engine/evaluation.py), and seed s gives every arm the same data order, so an arm is
+compared with another seed by seed: d_s = the mean over the shared windows of (arm loss - other loss).
+The 95% interval of the difference is a Student t interval on those S values,
+mean(d) +- t_{0.975, S-1} * sd(d, ddof=1) / sqrt(S); an arm's own loss gets the same interval over its
+per-seed losses. With one seed there is no interval: one run says nothing about another seed.
 
-Compute multipliers. A loss-vs-compute curve is fitted as L = a * C^(-b) (a line in log-log space, as
-in Kaplan et al. 2020). The baseline's fit answers "how much compute would the baseline need to reach
-this loss", so an arm's loss at its compute becomes a compute ratio, the study's headline number.
+Why not a bootstrap (issue 17). The report used to resample seeds and windows (a crossed percentile
+bootstrap). With 3 seeds a percentile interval cannot reach past the worst seed: per-seed differences to
+the GPT of 0.225, 0.029 and 0.266 can only resample to means within [0.029, 0.266], so it excluded zero,
+while the t interval on them, [-0.141, 0.488], includes it; and a rerun of the same commit on another
+machine moved one arm's difference from "+0.012 [-0.029, 0.036]" (nothing measurable) to
+"+0.034 [0.023, 0.042]" (hurts). The t interval has its nominal coverage at any S (for normal seed
+effects) and widens as it should when seeds are few; the verdict still names a direction only with
+enough seeds (reporting/verdict.py). The interval is conditional on the scored windows: their noise is
+reported beside it as the standard error over windows (eval SE).
+
+Compute multipliers. "How much compute would the baseline need to reach this loss", read two ways from
+the baseline's measured (compute, final loss) points: off a power law L = a * C^(-b) fitted to them (a
+line in log-log space, as in Kaplan et al. 2020), which extrapolates beyond them, and by piecewise
+linear interpolation between them in log-log space, which does not (None outside their losses).
 """
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import numpy as np
+from scipy.stats import t as student_t
 
 
-def bootstrap_replicates(diffs: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot,) means of crossed bootstrap resamples of diffs (S, W).
-
-    One replicate draws S seeds and W windows with replacement and averages the S*W cells they cross.
-    The draws are made in two calls, so a loop can reproduce them: first all seeds
-    rng.integers(0, S, (n_boot, S)), then all windows rng.integers(0, W, (n_boot, W)).
-    """
-    S, W = diffs.shape
-    seeds = rng.integers(0, S, size=(n_boot, S))            # (n_boot, S)
-    windows = rng.integers(0, W, size=(n_boot, W))          # (n_boot, W)
-    cells = diffs[seeds[:, :, None], windows[:, None, :]]   # (n_boot, S, W)
-    return cells.mean(axis=(1, 2))                          # (n_boot,)
-
-
-def bootstrap_mean_ci(diffs: np.ndarray, n_boot: int = 2000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi): the mean of the paired differences diffs (S seeds, W windows) and its percentile
-    bootstrap interval at `level`, resampling seeds and windows (crossed, see bootstrap_replicates).
-
-    With S == 1 the seed draw is always that one seed, so the interval reflects the window noise only:
-    it says nothing about how another training seed would have turned out. With few seeds a percentile
-    interval runs narrow of its nominal level (about 0.89 instead of 0.95 at S = 8, less at S = 3).
-    """
-    diffs = np.asarray(diffs, dtype=np.float64)
-    if diffs.ndim != 2 or diffs.size == 0:
-        raise ValueError(f"diffs must be a non-empty (seeds, windows) array, got shape {diffs.shape}")
-    if not np.isfinite(diffs).all():
-        raise ValueError("diffs contains nan or inf; drop the runs or windows that lack a finite loss first")
+def seed_interval(values: Sequence[float], level: float = 0.95) -> list[float] | None:
+    """[lo, hi]: the Student t interval at `level` of the mean of per-seed values (S,),
+    mean +- t_{(1 + level) / 2, S - 1} * sd(ddof=1) / sqrt(S); None for one value (no spread to measure)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"values must be a non-empty 1-D array of per-seed values, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("values contains nan or inf; drop the runs that lack a finite loss first")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    reps = bootstrap_replicates(diffs, n_boot, np.random.default_rng(seed))  # (n_boot,)
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(reps, [tail, 1 - tail])
-    return float(diffs.mean()), float(lo), float(hi)
+    if values.size == 1:
+        return None
+    half = student_t.ppf((1 + level) / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+    return [float(values.mean() - half), float(values.mean() + half)]
 
 
 def standard_error(values: np.ndarray) -> float:
@@ -107,3 +101,29 @@ def within(y: float, ys: np.ndarray) -> bool:
     """Whether y lies in [min(ys), max(ys)], i.e. a multiplier at loss y interpolates the fit."""
     ys = np.asarray(ys, dtype=np.float64)
     return bool(ys.size and ys.min() <= y <= ys.max())
+
+
+def piecewise_inverse(y: float, xs: np.ndarray, ys: np.ndarray) -> float | None:
+    """The least x at which the broken line through the points (xs, ys), ordered by x and straight between
+    neighbours in log-log space, reaches y; None where y lies outside [min(ys), max(ys)] (no extrapolation)."""
+    xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    if xs.ndim != 1 or xs.shape != ys.shape or not ((xs > 0).all() and (ys > 0).all()):
+        raise ValueError(f"xs and ys must be 1-D arrays of one length of positive values, got {xs} and {ys}")
+    order = np.argsort(xs)
+    log_x, log_y, target = np.log(xs[order]), np.log(ys[order]), math.log(y)
+    for i in range(len(xs) - 1):  # the first segment that reaches y: losses need not fall monotonically
+        if min(log_y[i], log_y[i + 1]) <= target <= max(log_y[i], log_y[i + 1]):
+            if log_y[i] == log_y[i + 1]:
+                return float(xs[order][i])
+            share = (target - log_y[i]) / (log_y[i + 1] - log_y[i])
+            return float(np.exp(log_x[i] + share * (log_x[i + 1] - log_x[i])))
+    return None
+
+
+def piecewise_multiplier(x_arm: float, y_arm: float, base_x: np.ndarray, base_y: np.ndarray) -> float | None:
+    """compute_multiplier read off the baseline's measured points (base_x, base_y) by piecewise log-log
+    interpolation instead of its power law; None where y_arm lies outside the baseline's measured losses."""
+    if x_arm <= 0 or y_arm <= 0:
+        raise ValueError(f"compute and loss must be positive, got x_arm={x_arm}, y_arm={y_arm}")
+    x = piecewise_inverse(y_arm, base_x, base_y)
+    return None if x is None else x / x_arm

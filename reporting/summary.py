@@ -1,15 +1,18 @@
 """Every figure of a study in one typed summary (written as summary.json), from which report.md is
 rendered, so the two cannot disagree.
 
-Per arm and budget: the final validation loss over the reported seeds with a 95% interval (bootstrap
-over seeds and evaluation windows), its evaluation noise (standard error over windows), bits per
-byte, the margin to the bigram reference, the paired difference to the baseline with its interval
-(same seed = same data order and evaluation windows in both arms), the loss early and late in the
-window (context use), and the compute multiplier on three axes (training FLOPs, wall-clock, tokens).
+Per arm and budget: the final validation loss of each reported seed and their mean with a 95% interval
+(Student t over seeds, see reporting/stats.py), its evaluation noise (standard error over windows), bits
+per byte, the margin to the bigram reference, the paired differences to the baseline per seed and their
+mean with its interval (same seed = same data order and evaluation windows in both arms), the loss early
+and late in the window (context use). Per arm: the compute multiplier on three axes (training FLOPs,
+wall-clock, tokens), read off the baseline's power law (marked where extrapolated) and by piecewise
+interpolation between its measured points.
 
 summary.json is `to_json(summary)`: dataclasses.asdict, but for the figures an entry could not compute
 (no evaluation windows, no references, no arm to compare with), which it leaves out instead of writing
-null; a reader tells "not computed" from "computed, but undefined" by the key.
+null; a reader tells "not computed" from "computed, but undefined" by the key. An interval is written
+wherever its estimate is: null there means one seed, no interval.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from launch.results import RunResult, read_jsonl
 from launch.spec import StudySpec
 from reporting.cells import Cell
 from reporting.references import Reference
-from reporting.stats import bootstrap_mean_ci, compute_multiplier, fit_power_law, standard_error
+from reporting.stats import (compute_multiplier, fit_power_law, piecewise_multiplier, seed_interval, standard_error,
+                             within)
 
 AXES = ("flops", "time_s", "tokens")  # the three meanings of equal compute
 STUCK = 0.05  # nats/token: a final loss this close to the unigram reference (or above it) learned nothing else
@@ -33,6 +37,11 @@ IF_COMPUTED = {"written": lambda entry, value: value is not None}
 def figure() -> Any:
     """A figure written to summary.json only where it was computed."""
     return field(default=None, metadata=IF_COMPUTED)
+
+
+def interval_of(estimate: str) -> Any:
+    """An interval written to summary.json wherever its estimate is (null: one seed, no interval)."""
+    return field(default=None, metadata={"written": lambda entry, _: getattr(entry, estimate) is not None})
 
 
 @dataclass
@@ -46,16 +55,18 @@ class BudgetEntry:
     time_s: float | None = None
     tokens: float | None = None
     val_loss: float | None = None
-    val_loss_ci95: list[float] | None = figure()
+    val_loss_ci95: list[float] | None = interval_of("val_loss")
+    val_loss_by_seed: dict[int, float] | None = figure()
     eval_se: float | None = figure()
     bits_per_byte: float | None = figure()
     margin_to_bigram: float | None = figure()
     delta_vs_baseline: float | None = figure()
-    delta_vs_baseline_ci95: list[float] | None = figure()
+    delta_vs_baseline_ci95: list[float] | None = interval_of("delta_vs_baseline")
+    delta_vs_baseline_by_seed: dict[int, float] | None = figure()   # seed -> d_s
     delta_vs_front: float | None = figure()
-    delta_vs_front_ci95: list[float] | None = figure()
+    delta_vs_front_ci95: list[float] | None = interval_of("delta_vs_front")
     delta_vs_mixing: float | None = figure()
-    delta_vs_mixing_ci95: list[float] | None = figure()
+    delta_vs_mixing_ci95: list[float] | None = interval_of("delta_vs_mixing")
     loss_first_quarter: float | None = figure()
     loss_last_quarter: float | None = figure()
     val_acc: float | None = figure()
@@ -77,7 +88,9 @@ class ArmSummary:
     budgets: list[BudgetEntry]         # by FLOPs (else budget)
     loss_by_position: list[float] | None
     compute_multiplier: list[float | None] | None                      # FLOPs, by budget; None: the baseline
-    compute_multiplier_by_axis: dict[str, list[float | None]] | None   # {axis: by budget}
+    compute_multiplier_by_axis: dict[str, list[float | None]] | None   # {axis: by budget}, off the power law
+    compute_multiplier_extrapolated: dict[str, list[bool]] | None      # {axis: by budget}: the law read beyond
+    compute_multiplier_piecewise: dict[str, list[float | None]] | None  # {axis: by budget}, measured points only
     power_law: dict[str, list[float] | None]                           # {axis: [a, b] of L = a C^-b}
     parameters: int | None
     flops_per_token: float | None
@@ -122,23 +135,23 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def paired(cell: Cell, base: Cell) -> np.ndarray | None:
-    """(seeds, windows) loss differences cell - base over the seeds both finished, or None."""
-    a, b = cell.windows(), base.windows()
-    if a is None or b is None:
+def paired(cell: Cell, other: Cell | None) -> dict[int, float] | None:
+    """{seed: d_s} over the seeds both cells finished, d_s the mean over the shared validation windows of
+    cell loss - other loss; None without both (or without the same windows)."""
+    if other is None or other is cell:
         return None
-    seeds = sorted({r.seed for r in cell.runs} & {r.seed for r in base.runs})
-    rows = [[r.seed for r in cell.runs].index(s) for s in seeds], [[r.seed for r in base.runs].index(s) for s in seeds]
-    return (a[rows[0]] - b[rows[1]]) if seeds else None
+    a, b = cell.windows(), other.windows()
+    if a is None or b is None or a.shape[1] != b.shape[1]:
+        return None
+    rows_a, rows_b = {r.seed: i for i, r in enumerate(cell.runs)}, {r.seed: i for i, r in enumerate(other.runs)}
+    return {s: float(np.mean(a[rows_a[s]] - b[rows_b[s]])) for s in sorted(rows_a.keys() & rows_b.keys())} or None
 
 
-def delta(cell: Cell, other: Cell | None) -> tuple[float | None, list[float] | None]:
-    """(mean paired difference cell - other, its 95% interval), or (None, None) without both."""
-    d = paired(cell, other) if other is not None and other is not cell else None
-    if d is None:
+def delta(by_seed: dict[int, float] | None) -> tuple[float | None, list[float] | None]:
+    """(mean of the per-seed differences, its 95% interval over seeds), or (None, None) without any."""
+    if not by_seed:
         return None, None
-    mean, lo, hi = bootstrap_mean_ci(d)
-    return mean, [lo, hi]
+    return float(np.mean(list(by_seed.values()))), seed_interval(list(by_seed.values()))
 
 
 def budget_entry(cell: Cell, ref: Reference | None, baseline: Cell | None = None, front: Cell | None = None,
@@ -149,16 +162,17 @@ def budget_entry(cell: Cell, ref: Reference | None, baseline: Cell | None = None
                     *(cell.mean(axis) for axis in AXES))
     if not cell.runs:
         return e
-    e.val_loss = float(np.mean(cell.finals))
+    e.val_loss_by_seed = {r.seed: r.result["val_loss"] for r in cell.runs}
+    e.val_loss, e.val_loss_ci95 = float(np.mean(cell.finals)), seed_interval(cell.finals)
     windows = cell.windows()
     if windows is not None:
-        _, lo, hi = bootstrap_mean_ci(windows)
-        e.val_loss_ci95, e.eval_se = [lo, hi], float(np.mean([standard_error(w) for w in windows]))
+        e.eval_se = float(np.mean([standard_error(w) for w in windows]))
     if ref is not None:
         e.bits_per_byte, e.margin_to_bigram = ref.bits_per_byte(e.val_loss), e.val_loss - ref.bigram
-    e.delta_vs_baseline, e.delta_vs_baseline_ci95 = delta(cell, baseline)
-    e.delta_vs_front, e.delta_vs_front_ci95 = delta(cell, front)
-    e.delta_vs_mixing, e.delta_vs_mixing_ci95 = delta(cell, mixing)
+    e.delta_vs_baseline_by_seed = paired(cell, baseline)
+    e.delta_vs_baseline, e.delta_vs_baseline_ci95 = delta(e.delta_vs_baseline_by_seed)
+    e.delta_vs_front, e.delta_vs_front_ci95 = delta(paired(cell, front))
+    e.delta_vs_mixing, e.delta_vs_mixing_ci95 = delta(paired(cell, mixing))
     by_position = cell.by_position()
     if by_position is not None:
         q = max(1, len(by_position) // 4)
@@ -168,23 +182,37 @@ def budget_entry(cell: Cell, ref: Reference | None, baseline: Cell | None = None
     return e
 
 
-def multipliers(arm_entries: list[BudgetEntry], base_entries: list[BudgetEntry]) -> tuple[dict, dict]:
-    """({axis: [multiplier per budget]}, {axis: [a, b] of the arm's own power law}) on each axis. The
-    multiplier says how many times the arm's compute the baseline needs for the arm's loss (its power
-    law, fitted on its budgets): < 1 means the baseline is more efficient. None where it cannot be
-    computed (under two baseline points, or the arm lacks the axis)."""
-    out, fits = {}, {}
+def points(entries: list[BudgetEntry], axis: str) -> tuple[np.ndarray, np.ndarray]:
+    """(compute on the axis, final loss) of the entries that have both."""
+    pairs = [(getattr(e, axis), e.val_loss) for e in entries if getattr(e, axis) and e.val_loss]
+    return np.array([x for x, _ in pairs], dtype=np.float64), np.array([y for _, y in pairs], dtype=np.float64)
+
+
+def power_laws(entries: list[BudgetEntry]) -> dict[str, list[float] | None]:
+    """{axis: [a, b] of the arm's own power law L = a C^-b over its budgets}, None under two points."""
+    fits = {}
     for axis in AXES:
-        bx = [(getattr(e, axis), e.val_loss) for e in base_entries if getattr(e, axis) and e.val_loss]
-        ax = [(getattr(e, axis), e.val_loss) for e in arm_entries if getattr(e, axis) and e.val_loss]
-        fits[axis] = list(fit_power_law(*map(np.asarray, zip(*ax)))) if len(ax) >= 2 else None
-        if len(bx) < 2:
-            out[axis] = [None for _ in arm_entries]
-            continue
-        base_fit = fit_power_law(*map(np.asarray, zip(*bx)))
-        out[axis] = [compute_multiplier(getattr(e, axis), e.val_loss, base_fit) if getattr(e, axis) and e.val_loss
-                     else None for e in arm_entries]
-    return out, fits
+        x, y = points(entries, axis)
+        fits[axis] = list(fit_power_law(x, y)) if len(x) >= 2 else None
+    return fits
+
+
+def multipliers(arm_entries: list[BudgetEntry], base_entries: list[BudgetEntry]) -> tuple[dict, dict, dict]:
+    """({axis: multiplier per budget off the baseline's power law}, {axis: whether that reads the law
+    outside the baseline's measured losses}, {axis: multiplier per budget by piecewise interpolation}).
+    A multiplier says how many times the arm's compute the baseline needs for the arm's loss: < 1 means
+    the baseline is more efficient. None where it cannot be computed (under two baseline points, the arm
+    lacks the axis; piecewise: the arm's loss outside the baseline's measured losses)."""
+    fitted, extrapolated, piecewise = {}, {}, {}
+    for axis in AXES:
+        base_x, base_y = points(base_entries, axis)
+        base_fit = fit_power_law(base_x, base_y) if len(base_x) >= 2 else None
+        known = [(getattr(e, axis), e.val_loss) if base_fit and getattr(e, axis) and e.val_loss else None
+                 for e in arm_entries]
+        fitted[axis] = [compute_multiplier(*k, base_fit) if k else None for k in known]
+        extrapolated[axis] = [bool(k) and not within(k[1], base_y) for k in known]
+        piecewise[axis] = [piecewise_multiplier(*k, base_x, base_y) if k else None for k in known]
+    return fitted, extrapolated, piecewise
 
 
 def front_gradient_share(run: RunResult) -> list[float] | None:
@@ -237,7 +265,7 @@ def arm_summary(spec: StudySpec, name: str, cells: dict[tuple[str, float], Cell]
     """An arm over its budgets: the entries, its lr grid, multipliers, power laws and efficiency figures."""
     budgets = spec.budget.values
     arm = next(a for a in spec.arms if a.name == name)
-    mult, fits = multipliers(entries, base_entries)
+    fitted, extrapolated, piecewise = multipliers(entries, base_entries)
     top = cells[(name, budgets[-1])]
     grid = sorted({g.lr for b in budgets for g in cells[(name, b)].grid})
     by_position = top.by_position()
@@ -246,8 +274,10 @@ def arm_summary(spec: StudySpec, name: str, cells: dict[tuple[str, float], Cell]
         lr_grid=grid or [top.lr], lr=top.lr, lr_at_edge=top.at_edge,
         budgets=sorted(entries, key=lambda e: e.flops or e.budget),
         loss_by_position=by_position.tolist() if by_position is not None else None,
-        compute_multiplier=None if name == base else mult["flops"],
-        compute_multiplier_by_axis=None if name == base else mult, power_law=fits,
+        compute_multiplier=None if name == base else fitted["flops"],
+        compute_multiplier_by_axis=None if name == base else fitted,
+        compute_multiplier_extrapolated=None if name == base else extrapolated,
+        compute_multiplier_piecewise=None if name == base else piecewise, power_law=power_laws(entries),
         parameters=top.first("parameters"), flops_per_token=top.first("flops_per_token"),
         hardware_flops_per_token=top.first("hardware_flops_per_token"),
         tokens_per_s=top.mean("tokens_per_s"), mfu=top.mean("mfu"),

@@ -1,119 +1,72 @@
-"""The study's statistics against plain references: the vectorised bootstrap equals a loop over the same
-draws, its interval covers a known mean at about the nominal rate where a window-only scheme does not,
-and the power-law fit, its inverse and the compute multiplier recover known curves."""
+"""The study's statistics against plain references: the seed-level t interval equals a plain loop with
+scipy's t quantile and covers a known mean at its nominal rate with 3 seeds (where a percentile bootstrap
+over seeds does not), the power-law fit, its inverse and the compute multiplier recover known curves, and
+the piecewise multiplier equals a hand computation."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
-from scipy.stats import norm
+from scipy.stats import t as student_t
 
-from reporting.stats import (bootstrap_mean_ci, bootstrap_replicates, compute_multiplier, fit_power_law, power_law,
-                            power_law_inverse, standard_error, within)
-
-
-def loop_replicates(diffs: np.ndarray, n_boot: int, seed: int) -> list[float]:
-    """Crossed resampling written out: the documented draws (all seeds, then all windows), then for each
-    replicate the plain sum over its S drawn seeds crossed with its W drawn windows."""
-    S, W = diffs.shape
-    rng = np.random.default_rng(seed)
-    seeds = rng.integers(0, S, size=(n_boot, S))
-    windows = rng.integers(0, W, size=(n_boot, W))
-    reps = []
-    for r in range(n_boot):
-        total = 0.0
-        for i in range(S):
-            for j in range(W):
-                total += float(diffs[seeds[r, i], windows[r, j]])
-        reps.append(total / (S * W))
-    return reps
+from reporting.stats import (compute_multiplier, fit_power_law, piecewise_inverse, piecewise_multiplier, power_law,
+                            power_law_inverse, seed_interval, standard_error, within)
 
 
-def nested_ci(diffs: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float]:
-    """A scheme that treats windows as nested in seeds (drawn afresh for each seed): it averages a window
-    effect shared by every seed away."""
-    S, W = diffs.shape
-    seeds = rng.integers(0, S, size=(n_boot, S))
-    windows = rng.integers(0, W, size=(n_boot, S, W))
-    reps = diffs[seeds[:, :, None], windows].mean(axis=(1, 2))
-    return tuple(np.quantile(reps, [(1 - level) / 2, (1 + level) / 2]))
+def loop_t_interval(values: list[float], level: float) -> list[float]:
+    """mean +- t_{(1 + level) / 2, S - 1} * sd(ddof=1) / sqrt(S), written out."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    half = student_t.ppf((1 + level) / 2, n - 1) * math.sqrt(var) / math.sqrt(n)
+    return [mean - half, mean + half]
 
 
-def window_only_ci(diffs: np.ndarray, n_boot: int, rng: np.random.Generator,
-                   level: float = 0.95) -> tuple[float, float]:
-    """A wrong scheme: keep the seeds, resample only windows (independently per seed)."""
-    S, W = diffs.shape
-    windows = rng.integers(0, W, size=(n_boot, S, W))
-    reps = diffs[np.arange(S)[None, :, None], windows].mean(axis=(1, 2))
-    return tuple(np.quantile(reps, [(1 - level) / 2, (1 + level) / 2]))
+@pytest.mark.parametrize("values", [[0.225, 0.029, 0.266], [2.25, 2.31], [0.1, -0.05, 0.02, 0.08, 0.01],
+                                    [3.0, 3.0, 3.0], list(np.random.default_rng(1).normal(0.2, 0.5, size=8))])
+@pytest.mark.parametrize("level", [0.95, 0.9])
+def test_seed_interval_equals_a_plain_loop(values: list[float], level: float):
+    assert seed_interval(values, level) == pytest.approx(loop_t_interval(values, level), rel=1e-12, abs=1e-15)
 
 
-def test_bootstrap_equals_loop():
-    diffs = np.random.default_rng(1).normal(size=(3, 7))
-    ours = bootstrap_replicates(diffs, 200, np.random.default_rng(5))
-    ref = loop_replicates(diffs, 200, seed=5)
-    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-15)
-    mean, lo, hi = bootstrap_mean_ci(diffs, n_boot=200, seed=5, level=0.9)
-    assert mean == pytest.approx(sum(map(float, diffs.ravel())) / diffs.size, rel=1e-12)
-    np.testing.assert_allclose([lo, hi], np.quantile(ref, [0.05, 0.95]), rtol=1e-12)
+def test_the_issue_s_three_seeds_give_an_interval_that_includes_zero():
+    """Issue 17: per-seed differences to the GPT of 0.225, 0.029, 0.266. Any resample of three seeds
+    averages to a value in [0.029, 0.266], so a percentile bootstrap excludes zero; the t interval
+    (t_{0.975, 2} = 4.30) does not."""
+    values = np.array([0.225, 0.029, 0.266])
+    lo, hi = seed_interval(values)
+    assert lo < 0 < hi
+    means = values[np.random.default_rng(0).integers(0, 3, size=(2000, 3))].mean(axis=1)
+    assert np.quantile(means, 0.025) > 0
 
 
-def test_bootstrap_covers_the_true_mean_and_window_only_does_not():
-    """200 synthetic studies, diffs = mu + seed effect (sd 1) + window noise (sd 1), S=8, W=20.
-
-    Two-level: a percentile interval from 8 seeds runs a little narrow of the nominal 0.95 (the
-    bootstrap variance carries a factor (S-1)/S, and normal rather than t quantiles):
-    P(|t_7| < 1.96 sqrt(7/8)) ~ 0.89; the binomial sd over 200 studies is ~0.022, hence [0.82, 0.98].
-    Window-only: its width reflects the window noise alone, sd 1/sqrt(160) ~ 0.08, while the mean's sd
-    is sqrt(1/8 + 1/160) ~ 0.36, so it covers ~P(|z| < 1.96 * 0.22) ~ 0.33 of the time.
-    """
+def test_seed_interval_covers_at_the_nominal_rate_with_three_seeds():
+    """400 synthetic studies of 3 seeds, d_s = mu + N(0, 1): the t interval covers mu in 95% of them
+    (binomial sd ~0.011, hence [0.92, 0.98]); a percentile bootstrap over the same seeds covers
+    ~P(|t_2| < 1.96 sqrt(2/3)) ~ 0.75 (and its 10 distinct resample means make it coarser still)."""
     rng = np.random.default_rng(0)
-    mu, S, W, n_studies = 0.3, 8, 20, 200
-    two_level = window_only = 0
-    widths = []
-    for k in range(n_studies):
-        diffs = mu + rng.normal(size=(S, 1)) + rng.normal(size=(S, W))
-        _, lo, hi = bootstrap_mean_ci(diffs, n_boot=1000, seed=k)
-        wlo, whi = window_only_ci(diffs, 1000, rng)
-        two_level += lo <= mu <= hi
-        window_only += wlo <= mu <= whi
-        widths.append((whi - wlo) / (hi - lo))
-    assert 0.82 <= two_level / n_studies <= 0.98
-    assert window_only / n_studies < 0.5
-    assert np.median(widths) < 0.3
+    mu, n_studies = 0.3, 400
+    t_cover = boot_cover = 0
+    for _ in range(n_studies):
+        d = mu + rng.normal(size=3)
+        lo, hi = seed_interval(d)
+        t_cover += lo <= mu <= hi
+        means = d[rng.integers(0, 3, size=(1000, 3))].mean(axis=1)
+        blo, bhi = np.quantile(means, [0.025, 0.975])
+        boot_cover += blo <= mu <= bhi
+    assert 0.92 <= t_cover / n_studies <= 0.98
+    assert boot_cover / n_studies < 0.85
 
 
-def test_a_window_effect_shared_by_every_seed_is_counted():
-    """diffs = mu + window effect (sd 1, the same for every seed) + noise, S=3, W=30: the crossed interval
-    covers mu at about the nominal rate; the nested scheme averages the shared effect over the seeds'
-    separate draws and covers far less often."""
-    rng = np.random.default_rng(1)
-    mu, S, W, n_studies = 0.3, 3, 30, 200
-    crossed = nested = 0
-    for k in range(n_studies):
-        diffs = mu + rng.normal(size=(1, W)) + 0.3 * rng.normal(size=(S, W))
-        _, lo, hi = bootstrap_mean_ci(diffs, n_boot=1000, seed=k)
-        nlo, nhi = nested_ci(diffs, 1000, rng)
-        crossed += lo <= mu <= hi
-        nested += nlo <= mu <= nhi
-    assert 0.85 <= crossed / n_studies <= 0.99
-    assert nested / n_studies < 0.75
+def test_one_seed_has_no_interval():
+    assert seed_interval([2.5]) is None
 
 
-def test_one_seed_is_window_resampling():
-    """S == 1: the interval is the window noise alone, mean +- 1.96 standard errors (W large)."""
-    values = np.random.default_rng(2).normal(1.0, 2.0, size=400)
-    mean, lo, hi = bootstrap_mean_ci(values[None, :], n_boot=4000)
-    half = norm.ppf(0.975) * standard_error(values)
-    assert (hi - lo) / (2 * half) == pytest.approx(1.0, abs=0.1)
-    assert (lo + hi) / 2 == pytest.approx(mean, abs=0.1 * half)
-
-
-@pytest.mark.parametrize("bad", [np.zeros(3), np.zeros((0, 4)), np.array([[0.0, np.nan]])])
-def test_bootstrap_rejects_bad_input(bad: np.ndarray):
+@pytest.mark.parametrize("bad", [[], [[1.0, 2.0]], [0.1, np.nan]])
+def test_seed_interval_rejects_bad_input(bad):
     with pytest.raises(ValueError):
-        bootstrap_mean_ci(bad)
+        seed_interval(np.asarray(bad, dtype=np.float64))
 
 
 def test_standard_error_equals_formula():
@@ -181,3 +134,39 @@ def test_multiplier_of_a_compute_shifted_arm(shift: float, expected: float):
     # The arm 4x less efficient at the smallest budget has a loss above all the baseline's: an extrapolation.
     assert within(base_losses[2], base_losses)
     assert within(power_law(budgets[0] / 4.0, 10.0, 0.1), base_losses) is False
+
+
+def test_piecewise_multiplier_equals_a_hand_computation():
+    """Baseline points (1e6, 3.0), (1e7, 2.5), (1e8, 2.2); an arm at 2e7 FLOPs with loss 2.35 lies on the
+    second segment: a share s = ln(2.35 / 2.5) / ln(2.2 / 2.5) of the way from 1e7 to 1e8 in log compute."""
+    xs, ys = np.array([1e6, 1e7, 1e8]), np.array([3.0, 2.5, 2.2])
+    share = math.log(2.35 / 2.5) / math.log(2.2 / 2.5)
+    needed = math.exp(math.log(1e7) + share * (math.log(1e8) - math.log(1e7)))
+    assert piecewise_multiplier(2e7, 2.35, xs, ys) == pytest.approx(needed / 2e7, rel=1e-12)
+    assert piecewise_multiplier(5e6, 2.5, xs[::-1], ys[::-1]) == pytest.approx(1e7 / 5e6, rel=1e-12)  # any order
+    first = math.log(2.8 / 3.0) / math.log(2.5 / 3.0)  # the first segment
+    assert piecewise_inverse(2.8, xs, ys) == pytest.approx(1e6 * 10 ** first, rel=1e-12)
+    assert piecewise_multiplier(2e7, 3.1, xs, ys) is None and piecewise_multiplier(2e7, 2.1, xs, ys) is None
+
+
+def test_piecewise_inverse_takes_the_least_compute_on_a_noisy_curve():
+    """Losses that rise again (2.5 at 1e7, 2.6 at 1e8) reach 2.55 twice: the baseline needs the first."""
+    xs, ys = np.array([1e6, 1e7, 1e8]), np.array([3.0, 2.5, 2.6])
+    share = math.log(2.55 / 3.0) / math.log(2.5 / 3.0)
+    assert piecewise_inverse(2.55, xs, ys) == pytest.approx(1e6 * 10 ** share, rel=1e-12)
+
+
+def test_piecewise_matches_the_power_law_on_an_exact_one():
+    """On points of an exact power law, log-log interpolation is exact: the two multipliers agree inside
+    the measured losses, and only the fit answers outside them."""
+    budgets = np.geomspace(1e12, 1e15, 4)
+    base = power_law(budgets, 10.0, 0.1)
+    fit = fit_power_law(budgets, base)
+    inside = []
+    for c in np.geomspace(1e12, 1e15, 9):
+        y = power_law(c / 2.0, 10.0, 0.1)  # the baseline reaches the arm's loss with half its compute
+        inside.append(within(y, base))
+        assert compute_multiplier(c, y, fit) == pytest.approx(0.5, rel=1e-9)
+        piecewise = piecewise_multiplier(c, y, budgets, base)
+        assert piecewise == pytest.approx(0.5, rel=1e-9) if inside[-1] else piecewise is None
+    assert inside[0] is False and all(inside[2:])  # the smallest arm budget's loss lies above the baseline's

@@ -1,5 +1,6 @@
 """The study runner: the study file, the run plan (tuning seeds, budgets sharing one wsd run), the lr
-choice, the statistics of the summary, report.md against summary.json, and a whole study end to end."""
+choice, the summary's health flags, and a whole study end to end (the summary's statistics and the
+report against summary.json: tests/test_summary.py)."""
 import json
 import math
 import os
@@ -17,7 +18,6 @@ from helpers import ROOT, write_char_dataset
 from launch.plan import report_runs, tuning_runs
 from launch.results import choose_lrs, load_run
 from launch.spec import loads_study
-from reporting.report import write_report
 from schema import ConfigError, parse_value, toml_literal
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -199,71 +199,6 @@ def test_the_lr_is_chosen_per_budget_on_the_tuning_seeds(tmp_path):
     assert choose_lrs(runs) == {"narrow": {1e6: 3e-3, 3e6: 1e-3, 1e7: 1e-3}}
 
 
-def write_fake_study(tmp_path, narrow_windows, wide_shift: float, spec_text: str | None = None):
-    """Fake runs for every planned run: narrow's final windows per seed as given, wide = narrow + shift;
-    the final loss follows L = 10 C^-0.1 in the FLOPs C (wide: the loss narrow reaches at C / 4)."""
-    spec = loads_study(spec_text or study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6, 1e7]"))
-    steps = {a.name: steps_for(spec.budget.values) for a in spec.arms}
-    tuning = tuning_runs(spec, steps)
-    for r in tuning:
-        fake_run(r.out_dir, [4.0, 3.0 if r.lr == 1e-3 else 3.5])
-    reported = report_runs(spec, choose_lrs(tuning), {"narrow": 1e-3, "wide": 1e-2}, steps)
-    for r in reported:
-        flops = r.budget
-        loss = 10 * (flops / (4 if r.arm == "wide" else 1)) ** -0.1
-        noise = np.asarray(narrow_windows[r.seed], dtype=np.float64)
-        w = noise - noise.mean() + loss + (wide_shift if r.arm == "wide" else 0.0)  # windows around the loss
-        fake_run(r.out_dir, [4.0, float(np.mean(w))], windows=w.tolist(),
-                 final={"flops": flops, "tokens": flops / 1000, "time_s": flops / 1e5})
-    return spec, tuning, reported
-
-
-def test_summary_pairs_seeds_and_windows_and_finds_the_compute_multiplier(tmp_path):
-    rng = np.random.default_rng(0)
-    windows = {s: rng.normal(0, 0.3, size=8) for s in (1, 2)}
-    spec, tuning, reported = write_fake_study(tmp_path, windows, wide_shift=0.0)
-    path, main_table = write_report(spec, "x", {"narrow": "gpt", "wide": "gpt"}, tmp_path / "out", tuning, reported)
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    narrow, wide = summary["arms"]["narrow"], summary["arms"]["wide"]
-    assert narrow["compute_multiplier"] is None and summary["baseline"] == "narrow"
-    assert wide["compute_multiplier"] == pytest.approx([0.25, 0.25, 0.25], rel=1e-9)  # 4x less efficient, exactly
-    assert wide["power_law"]["flops"] == pytest.approx([10 * 4 ** 0.1, 0.1], rel=1e-9)
-    top = wide["budgets"][-1]
-    delta = 10 * (1e7 / 4) ** -0.1 - 10 * 1e7 ** -0.1  # the same windows shifted: every paired difference equal
-    assert top["delta_vs_baseline"] == pytest.approx(delta) and top["delta_vs_baseline_ci95"] == pytest.approx(
-        [delta, delta])
-    assert [e["budget"] for e in wide["budgets"]] == [1e6, 3e6, 1e7] and narrow["lr_grid"] == [1e-3, 3e-3]
-    assert narrow["lr"] == 1e-3 and narrow["lr_at_edge"] and not wide["lr_at_edge"]
-    lo, hi = narrow["budgets"][-1]["val_loss_ci95"]  # narrow's own interval: its windows and seeds resampled
-    assert lo < 10 * 1e7 ** -0.1 < hi and hi - lo > 0.1
-    assert "worse than its own front at equal FLOPs" in "; ".join(wide["health"])  # wide names narrow as its front
-    assert top["delta_vs_mixing"] == pytest.approx(delta)  # and as its no-mixing control
-    assert "Against the same block without mixing (narrow) its mixer hurts by" in path.read_text()
-    report = path.read_text()
-    rows = table_rows(report, "Results at the largest budget")
-    assert rows["wide"]["val loss"] == f"{top['val_loss']:.4f}" and rows["wide"]["Δ vs narrow"] == f"{delta:+.3f}"
-    assert rows["narrow"]["lr"] == "0.001 (edge)" and rows["wide"]["role"] == "subject"
-    assert table_rows(report, "Loss against compute")["wide"]["multiplier (FLOPs), by budget"] == "0.25 / 0.25 / 0.25"
-    assert "- wide is worse than narrow at 1e+07 training FLOPs by" in report
-    assert "wide" in main_table and "Δ vs narrow" in main_table
-
-
-def test_no_verdict_where_the_interval_includes_zero(tmp_path):
-    windows = {1: [0.0, 0.5, -0.5, 0.2], 2: [-0.1, 0.4, -0.4, 0.1]}
-    text = study_text(tmp_path, tmp_path / "out", budget="flops = [1e6, 3e6, 1e7]").replace(
-        'front = "narrow"', 'front = "narrow"\ncontrol = false')
-    spec, tuning, reported = write_fake_study(tmp_path, windows, wide_shift=0.0, spec_text=text)
-    for r in reported:  # wide: narrow's losses exactly, +-0.1 alternating over windows: a mean difference of 0
-        if r.arm == "wide":
-            other = next(o for o in reported if (o.arm, o.seed, o.budget) == ("narrow", r.seed, r.budget))
-            result = json.loads((other.out_dir / "result.json").read_text())
-            w = np.asarray(result["val_window_losses"]) + np.array([0.1, -0.1] * 2)
-            result.update(val_window_losses=w.tolist(), val_loss=float(w.mean()))
-            (r.out_dir / "result.json").write_text(json.dumps(result))
-    report = write_report(spec, "x", {"narrow": "gpt", "wide": "gpt"}, tmp_path / "out", tuning, reported)[0].read_text()
-    assert "- wide: no claim: the 95% interval of its difference to narrow" in report
-
-
 def test_health_flags_an_arm_stuck_at_the_unigram_while_its_front_passes_the_bigram():
     from reporting.references import Reference
     from reporting.summary import BudgetEntry, health
@@ -292,6 +227,9 @@ def test_summary_json_leaves_out_what_was_not_computed():
     from reporting.summary import BudgetEntry, to_json
     assert to_json(BudgetEntry(1.0)) == {"budget": 1.0, "lr": None, "lr_at_edge": False, "seeds": [], "flops": None,
                                          "time_s": None, "tokens": None, "val_loss": None}
+    one_seed = to_json(BudgetEntry(1.0, seeds=[1], val_loss=2.0, val_loss_by_seed={1: 2.0}, delta_vs_front=0.1))
+    assert one_seed["val_loss_ci95"] is None and one_seed["delta_vs_front_ci95"] is None  # one seed: no interval
+    assert "delta_vs_baseline_ci95" not in one_seed  # no baseline to compare with
     compared = to_json(BudgetEntry(1.0, eval_se=0.1, compared_to_front=True))
     assert list(compared)[-2:] == ["eval_se", "front_equal_tokens"] and compared["front_equal_tokens"] is None
 
@@ -323,6 +261,7 @@ def test_study_trains_tuning_then_reported_runs_and_reports_them(finished_study)
     summary = json.loads((out / "summary.json").read_text())
     refs = summary["references"]
     assert refs["bigram"] < refs["unigram"] < refs["uniform"] == pytest.approx(math.log(59))
+    assert "a uniform guess over the 59 ids of the dataset (ln V)" in (out / "report.md").read_text()  # model: 64
     lr = summary["arms"]["narrow"]["lr"]
     for arm in ("narrow", "wide"):
         for entry in summary["arms"][arm]["budgets"]:
