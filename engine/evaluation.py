@@ -131,7 +131,7 @@ CE_CHUNK = 1 << 22  # logits per cross-entropy call in token_nll
 def token_nll(model: LanguageModel, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype = torch.float32
               ) -> torch.Tensor:
     """Cross-entropy (nats, float32) of each target y (B, T) given inputs x (B, T): the values whose mean
-    is the trainer's loss (models.gpt.lm_loss: float32 logits, the same cross-entropy). Computed over
+    is the trainer's loss (models.layers.lm_loss: float32 logits, the same cross-entropy). Computed over
     rows of about 4M logits at a time, so its softmax temporaries stay small (16 MB) whatever B x T x V;
     each row's value is the same as in one call."""
     with amp(x.device, dtype):

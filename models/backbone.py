@@ -247,7 +247,7 @@ class LM(nn.Module):
         return {name: count_params(modules, seen) for name, modules in self.components().items()}
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token at T = block_size (forward + backward; tests/test_image_lm.py checks it
+        """Training FLOPs per token at T = block_size (forward + backward; tests/test_backbone.py checks it
         against torch's FLOP counter for every mixer): each block's mixer and MLP, and the head (2 d V per
         token forward, x3). Embeddings, LayerNorms, GELU, softmax and the loss are elementwise, left out."""
         T = self.cfg.block_size

@@ -21,7 +21,7 @@ at each step (an FFT of length 2t: O(t log t) per channel for token t, against a
 
 FLOPs: torch.utils.flop_counter has no formula for FFTs; FFT_FLOP_FORMULAS gives it the usual count of a
 radix-2 FFT of length N, 2.5 N log2 N for a real transform and 5 N log2 N for a complex one, the count
-Hyena.flops_per_token uses (tests/test_image_lm.py checks every mixer against the counter).
+Hyena.flops_per_token uses (tests/test_backbone.py checks every mixer against the counter).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ Shapes: B batch, T tokens of a sequence, n tokens of one call (T, or 1 when deco
 Incremental decoding: every mixer takes an optional `cache` (a dict the caller owns and passes to every
 call) and keeps its state in it under its own key (the module itself); `start` is the position of the
 call's first token. The full forward is the same code with no cache, so decoding equals the forward by
-construction (and by test: tests/test_image_lm.py).
+construction (and by test: tests/test_backbone.py).
 """
 from __future__ import annotations
 

@@ -297,7 +297,7 @@ def front_gradient_norm(model: torch.nn.Module, train: torch.Tensor) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", PLAIN_FORM, ids=list(map(variant_id, PLAIN_FORM)))
 def test_the_plain_form_collapses_to_the_unigram(variant, shakespeare_chars):
-    """The pathology models/image_lm.py's docstring diagnoses, kept as configured and pinned down here: in
+    """The pathology docs/image_block.md describes, kept as configured and pinned down here: in
     the plain form (the head reads the CNN's features; the original wiring, or with the projected tied
     head) the same 150 steps end at the unigram level, and the gradient reaching the front has all but
     vanished. Both are stated against what the learners do, with margin for other CPUs' kernels: measured

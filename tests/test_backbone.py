@@ -1,4 +1,4 @@
-"""The models' FLOP counts and incremental decoders (every variant of test_registry.py), and the image
+"""The backbone's FLOP counts and incremental decoders (every variant of test_registry.py), and the image
 blocks' chunked CNN, idea 2's head layout and configs. Causality, gradients, overfitting and parameter
 counts of every model are in test_registry.py."""
 from __future__ import annotations
