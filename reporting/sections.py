@@ -217,21 +217,44 @@ def difference(estimate: float | None, interval: list[float] | None) -> str:
 def health(r: Report) -> list[str]:
     rows = []
     for name, arm in r.summary.arms.items():
-        e, share = arm.top, arm.front_gradient_share
+        e = arm.top
         rows.append([name, signed(e.margin_to_bigram),
                      difference(e.delta_vs_front, e.delta_vs_front_ci95) if arm.front else "—",
                      signed(e.front_equal_tokens) if arm.front else "—",
                      difference(e.delta_vs_mixing, e.delta_vs_mixing_ci95) if arm.mixing else "—",
-                     f"{share[0]:.3f} → {share[1]:.3f}" if share else "n/a", "; ".join(arm.health) or "ok"])
+                     "; ".join(arm.health) or "ok"])
     return ["An arm that sits at the unigram level, or that is worse than its own front (the same embedding and "
             "warm-up without the image stage) at equal tokens, shows a defect before it shows a result; worse at "
             "equal FLOPs only, its block costs more than it adds. 'Equal tokens' reads the front's loss at the "
             "arm's token count off the front's budgets (interpolated in log tokens). 'Δ vs no mixing' is the arm "
-            "against the same block with its mixer replaced by none: what the mixer adds. The gradient share is "
-            "the norm of the gradient reaching the embedding and front blocks over the whole gradient norm, at the "
-            "first and last logged step (metrics.jsonl keeps every component's norm).", ""] + table(
+            "against the same block with its mixer replaced by none: what the mixer adds.", ""] + table(
         rows, ["arm", "minus bigram", "Δ vs its front, equal FLOPs [95% CI]", "Δ vs its front, equal tokens",
-               "Δ vs no mixing [95% CI]", "front gradient share", "flags"]) + [""]
+               "Δ vs no mixing [95% CI]", "flags"]) + [""]
+
+
+def routing(r: Report) -> list[str]:
+    """Per arm: each component's relative update size early and late, each attention layer's entropy."""
+    updates, entropies = [], []
+    for name, arm in r.summary.arms.items():
+        if arm.routing is None:
+            continue
+        updates += [[name, part, f"{early:.2e} → {late:.2e}"] for part, (early, late) in arm.routing.update.items()]
+        entropies += [[name, layer, " → ".join(f"{v:.3f}" for v in values)]
+                      for layer, values in arm.routing.entropy.items()]
+    if not updates:
+        return []
+    lines = ["Whether the parts that route move, and where the attention goes (reported runs at the largest budget, "
+             "mean over seeds). The relative update size ||Δθ|| / ||θ|| per optimizer step is what Adam does to a "
+             "component, which its gradient norm does not say: the median over the first fifth of the logged steps "
+             "→ over the last fifth. Components: `embedding` (the tied head's weight is the embedding's), `h<i>.<part>` "
+             "per layer (`attn`, `mlp`, the image blocks' `paint`, `route` (idea 2's q and k), `cnn`, `proj`; the "
+             "convolutions' `conv`, Hyena's `filter`), `head` (its final norm).", ""]
+    lines += table(updates, ["arm", "component", "relative update per step, first → last fifth"]) + [""]
+    if entropies:
+        lines += ["Attention entropy against uniform at each evaluation, mean over query positions t >= 1 of H_t / ln(t+1): "
+                  "1 is a running mean (weights that never left their initial uniformity), 0 all weight on one key.", ""]
+        lines += table(entropies, ["arm", "layer", "entropy / uniform, at each evaluation"]) + [""]
+    return lines
 
 
 def learning_rates(r: Report) -> list[str]:
@@ -349,6 +372,7 @@ SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
     ("Verdict", lambda r: verdict_lines(r.summary)),
     ("Loss against compute", scaling),
     ("Training health", health),
+    ("Routing", routing),
     ("Learning rates", learning_rates),
     ("Accuracy against difficulty", accuracy),
     ("Curves", curves),

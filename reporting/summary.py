@@ -77,6 +77,16 @@ class BudgetEntry:
 
 
 @dataclass
+class Routing:
+    """What training did to the parts that route, over the reported runs at the largest budget (mean over
+    seeds): each component's relative update size per step, ||dtheta|| / ||theta|| (engine/trainer.py),
+    as the median over the first and over the last fifth of the logged steps; and each attention
+    layer's entropy against uniform (1: a running mean, 0: one key) at every evaluation."""
+    update: dict[str, list[float]]   # component -> [first fifth, last fifth]
+    entropy: dict[str, list[float]]  # "h<i>" -> one value per evaluation
+
+
+@dataclass
 class ArmSummary:
     model: str | None
     control: bool
@@ -98,7 +108,7 @@ class ArmSummary:
     tokens_per_s: float | None
     mfu: float | None
     peak_memory_bytes: int | None
-    front_gradient_share: list[float] | None
+    routing: Routing | None
     health: list[str] = field(default_factory=list)
 
     @property
@@ -215,15 +225,25 @@ def multipliers(arm_entries: list[BudgetEntry], base_entries: list[BudgetEntry])
     return fitted, extrapolated, piecewise
 
 
-def front_gradient_share(run: RunResult) -> list[float] | None:
-    """[first, last] share of the gradient norm that reaches the front (embedding + front blocks) at the
-    logged steps: a share that collapses means the image stage stopped passing gradient back."""
-    lines = [m for m in read_jsonl(run.path / "metrics.jsonl") if "grad_norm" in m and m["grad_norm"] > 0]
-    if not lines:
+def routing(runs: list[RunResult]) -> Routing | None:
+    """Routing figures of these runs (see Routing), or None when their metrics log none."""
+    updates: dict[str, list[list[float]]] = {}
+    entropies: dict[str, list[list[float]]] = {}
+    for run in runs:
+        lines = read_jsonl(run.path / "metrics.jsonl")
+        logged = [m for m in lines if any(k.startswith("update_") for k in m)]
+        fifth = max(1, len(logged) // 5)
+        for key in dict.fromkeys(k for m in logged for k in m if k.startswith("update_")):  # in logged order
+            values = [m[key] for m in logged if m.get(key) is not None]
+            if values:
+                updates.setdefault(key.removeprefix("update_"), []).append(
+                    [float(np.median(values[:fifth])), float(np.median(values[-fifth:]))])
+        for key in dict.fromkeys(k for m in lines for k in m if k.startswith("attn_entropy_")):
+            entropies.setdefault(key.removeprefix("attn_entropy_"), []).append([m[key] for m in lines if key in m])
+    if not updates and not entropies:
         return None
-    share = [math.hypot(m.get("grad_norm_embedding", 0.0), m.get("grad_norm_front", m.get("grad_norm_blocks", 0.0)))
-             / m["grad_norm"] for m in lines]
-    return [share[0], share[-1]]
+    mean = lambda rows: np.mean([r[:min(map(len, rows))] for r in rows], axis=0).tolist()  # noqa: E731
+    return Routing(update={k: mean(v) for k, v in updates.items()}, entropy={k: mean(v) for k, v in entropies.items()})
 
 
 def at_equal_tokens(entry: BudgetEntry, front_entries: list[BudgetEntry]) -> float | None:
@@ -282,7 +302,7 @@ def arm_summary(spec: StudySpec, name: str, cells: dict[tuple[str, float], Cell]
         hardware_flops_per_token=top.first("hardware_flops_per_token"),
         tokens_per_s=top.mean("tokens_per_s"), mfu=top.mean("mfu"),
         peak_memory_bytes=max((r.result.get("peak_memory_bytes") or 0 for r in top.runs), default=None),
-        front_gradient_share=front_gradient_share(top.runs[0]) if top.runs else None)
+        routing=routing(top.runs))
 
 
 def summarize(spec: StudySpec, cells: dict[tuple[str, float], Cell], models: dict[str, str], base: str,

@@ -159,18 +159,20 @@ def test_reported_runs_follow_the_lr_chosen_per_budget(tmp_path):
 
 def fake_run(path, val_losses: list[float], windows: list[float] | None = None, fpt=1000.0, params=500,
              tokens_per_step=64, val_accs: list[float] | None = None, model: dict | None = None,
-             data: dict | None = None, batch_size=4, grad_norms: tuple[float, float] = (1.0, 0.5),
-             final: dict | None = None):
+             data: dict | None = None, batch_size=4, updates: list[float] = (1e-2, 5e-3), final: dict | None = None):
     """A finished run folder with the files train.py writes (no checkpoint). windows: the final
-    evaluation's per-window losses (default: all equal to the last val loss); final: result.json
+    evaluation's per-window losses (default: all equal to the last val loss); updates: the relative update
+    size of the embedding at each logged step (its attention's is twice that); final: result.json
     fields to set (e.g. flops)."""
     path.mkdir(parents=True)
     evals = [{"step": 10 * i, "tokens": 10 * i * tokens_per_step, "flops": 10.0 * i * tokens_per_step * fpt,
               "time_s": 1.5 * i, "lr": 1e-3, "val_loss": v, "train_loss": v} for i, v in enumerate(val_losses)]
     for e, acc in zip(evals, val_accs or []):
         e.update(val_acc=acc, train_acc=acc)
-    logs = [{"step": 5, "loss": 4.0, "grad_norm": 2.0, "grad_norm_embedding": grad_norms[0], "grad_norm_front": 0.0},
-            {"step": 15, "loss": 3.0, "grad_norm": 2.0, "grad_norm_embedding": grad_norms[1], "grad_norm_front": 0.0}]
+    for i, e in enumerate(evals):
+        e["attn_entropy_h0"] = 1.0 - 0.1 * i
+    logs = [{"step": 5 + 10 * i, "loss": 4.0, "grad_norm": 2.0, "update_embedding": u, "update_h0.attn": 2 * u}
+            for i, u in enumerate(updates)]
     (path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals + logs))
     last = evals[-1]
     windows = windows if windows is not None else [val_losses[-1]] * 8

@@ -160,3 +160,21 @@ def test_the_frontier_spans_the_arms_and_names_the_references_outside_it():
                   line.get_ydata()[0] == line.get_ydata()[1]]  # horizontal lines
         assert levels == [pytest.approx(2.566)]
     plt.close(fig)
+
+
+def test_routing_figures_are_the_medians_of_the_first_and_last_fifth_and_the_entropy_curve(tmp_path):
+    """Two seeds of one arm: the update size per component is the median over the first fifth of the logged
+    steps and over the last fifth, averaged over the seeds; the attention entropy is each evaluation's mean."""
+    from launch.results import load_run
+    from reporting.summary import routing
+    steps = [[4e-2, 3e-2, 2e-2, 1e-2, 5e-3, 4e-3, 3e-3, 2e-3, 1e-3, 5e-4], [2e-2] * 5 + [1e-3] * 5]
+    runs = []
+    for seed, updates in enumerate(steps):
+        fake_run(tmp_path / str(seed), [4.0, 3.0, 2.5], updates=updates, data={"dataset": "copy"})
+        runs.append(load_run("arm", 1e-3, seed, 1e6, tmp_path / str(seed)))
+    got = routing(runs)
+    first = [float(np.median(u[:2])) for u in steps]  # a fifth of 10 logged steps: 2
+    last = [float(np.median(u[-2:])) for u in steps]
+    assert got.update["embedding"] == pytest.approx([np.mean(first), np.mean(last)], rel=1e-12)
+    assert got.update["h0.attn"] == pytest.approx([2 * np.mean(first), 2 * np.mean(last)], rel=1e-12)
+    assert got.entropy == {"h0": pytest.approx([1.0, 0.9, 0.8], rel=1e-12)}
