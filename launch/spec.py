@@ -79,6 +79,9 @@ class ArmSpec:
                         "worse than its own front")
     mixing: str = option("", "the arm that is this arm with its token mixer replaced by none: the report gives what "
                          "the mixer adds")
+    baseline: str = option("", "the arm this one is compared with (differences, multipliers, the verdict); empty: "
+                           "the study's baseline. A study may hold several comparisons, e.g. one-layer arms against "
+                           "one-layer attention and two-layer arms against two-layer attention")
 
 
 @dataclass
@@ -181,7 +184,7 @@ def validate(spec: StudySpec) -> StudySpec:
     if spec.baseline and spec.baseline not in names:
         raise ConfigError(f"baseline = {spec.baseline!r} is not an arm; arms: {', '.join(names)}")
     for arm in spec.arms:
-        for key in ("front", "mixing"):
+        for key in ("front", "mixing", "baseline"):
             if getattr(arm, key) and getattr(arm, key) not in names:
                 raise ConfigError(f"arm {arm.name}: {key} = {getattr(arm, key)!r} is not an arm; arms: {', '.join(names)}")
     spec.out_dir = spec.out_dir or f"studies/{spec.name}"

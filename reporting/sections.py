@@ -45,14 +45,29 @@ class Report:
         return f"{self.summary.budgets[-1]:g} {BUDGET_WORDS[self.summary.budget_kind]}"
 
 
-def role(name: str, arm: ArmSummary, baseline: str) -> str:
-    return "baseline" if name == baseline else "control" if arm.control else "subject"
+def baselines(summary: Summary) -> list[str]:
+    """The arms others are compared with (one, unless the study file gives arms their own baseline)."""
+    return list(dict.fromkeys(arm.baseline for arm in summary.arms.values()))
+
+
+def against(summary: Summary) -> str:
+    """Whom the Δ columns are against: the baseline's name, or each arm's own baseline."""
+    names = baselines(summary)
+    return names[0] if len(names) == 1 else "its baseline"
+
+
+def role(name: str, arm: ArmSummary, summary: Summary) -> str:
+    """baseline (of itself), or control / subject, and against which baseline where there are several."""
+    if name == arm.baseline:
+        return "baseline"
+    several = len(baselines(summary)) > 1
+    return ("control" if arm.control else "subject") + (f" (vs {arm.baseline})" if several else "")
 
 
 def results_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     """The main table: every arm at the largest budget."""
     header = ["arm", "role", "lr", "seeds", "parameters", "FLOPs/token", "tokens seen", "train time (s)",
-              "val loss", "95% CI", "eval SE", "bits/byte", "minus bigram", f"Δ vs {summary.baseline}",
+              "val loss", "95% CI", "eval SE", "bits/byte", "minus bigram", f"Δ vs {against(summary)}",
               "Δ 95% CI", "loss, first quarter", "loss, last quarter", "tokens/s", "MFU"]
     acc = any(arm.top.val_acc is not None for arm in summary.arms.values())
     recompute = any((arm.hardware_flops_per_token or 0) > (arm.flops_per_token or 0) for arm in summary.arms.values())
@@ -61,7 +76,7 @@ def results_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     for name, arm in summary.arms.items():
         e = arm.top
         lr = na(e.lr, lambda v: f"{v:g}") + (" (edge)" if e.lr_at_edge else "")
-        rows.append([name, role(name, arm, summary.baseline), lr, str(len(e.seeds)),
+        rows.append([name, role(name, arm, summary), lr, str(len(e.seeds)),
                      na(arm.parameters, lambda v: f"{v:,}"), na(arm.flops_per_token, lambda v: f"{v:.4g}"),
                      na(e.tokens, lambda v: f"{round(v):,}"), na(e.time_s, lambda v: f"{v:.1f}"),
                      na(e.val_loss), ci(e.val_loss_ci95, e.val_loss), na(e.eval_se),
@@ -78,7 +93,7 @@ def main_table(summary: Summary) -> str:
     """The results table cut to what the terminal shows at the end of a study."""
     header, rows = results_rows(summary)
     keep = [header.index(h) for h in ("arm", "role", "lr", "val loss", "95% CI", "bits/byte", "minus bigram",
-                                      f"Δ vs {summary.baseline}", "Δ 95% CI")]
+                                      f"Δ vs {against(summary)}", "Δ 95% CI")]
     return "\n".join(table([[r[i] for i in keep] for r in rows], [header[i] for i in keep]))
 
 
@@ -158,7 +173,7 @@ def recipe_notes(top: list[Cell]) -> list[str]:
 def per_seed(r: Report) -> list[str]:
     """Every arm's final loss on each reported seed at the largest budget, and its difference to the baseline
     on the same seed: the values the intervals and the verdict are computed from."""
-    base, arms = r.summary.baseline, r.summary.arms
+    base, arms = against(r.summary), r.summary.arms
     seeds = sorted({s for arm in arms.values() for s in arm.top.val_loss_by_seed or {}})
     if not seeds:
         return []
@@ -201,7 +216,7 @@ def scaling(r: Report) -> list[str]:
               *[f"multiplier ({AXIS_WORDS[a]}), {how}, by budget" for a in axes for how in ("fit", "piecewise")]]
     return ["Final validation loss at each budget (mean over seeds), the exponent b of a power law L = a C^-b fitted "
             "to it, and the compute multiplier: how many times the arm's compute (FLOPs, wall-clock or tokens) the "
-            f"baseline ({summary.baseline}) needs to reach the arm's loss, read two ways: off the baseline's own "
+            f"baseline ({against(summary)}) needs to reach the arm's loss, read two ways: off the baseline's own "
             "power law (fit), and by piecewise interpolation between the baseline's measured points in log-log "
             "space (piecewise; n/a where the arm's loss lies outside the baseline's measured losses). Below 1 the "
             "baseline is more efficient; a multiplier that falls with the budget means the gap widens with compute.",

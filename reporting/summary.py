@@ -88,6 +88,7 @@ class Routing:
 
 @dataclass
 class ArmSummary:
+    baseline: str                      # the arm it is compared with
     model: str | None
     control: bool
     front: str | None
@@ -290,7 +291,7 @@ def arm_summary(spec: StudySpec, name: str, cells: dict[tuple[str, float], Cell]
     grid = sorted({g.lr for b in budgets for g in cells[(name, b)].grid})
     by_position = top.by_position()
     return ArmSummary(
-        model=model, control=arm.control, front=arm.front or None, mixing=arm.mixing or None,
+        baseline=base, model=model, control=arm.control, front=arm.front or None, mixing=arm.mixing or None,
         lr_grid=grid or [top.lr], lr=top.lr, lr_at_edge=top.at_edge,
         budgets=sorted(entries, key=lambda e: e.flops or e.budget),
         loss_by_position=by_position.tolist() if by_position is not None else None,
@@ -308,13 +309,14 @@ def arm_summary(spec: StudySpec, name: str, cells: dict[tuple[str, float], Cell]
 def summarize(spec: StudySpec, cells: dict[tuple[str, float], Cell], models: dict[str, str], base: str,
               ref: Reference | None) -> Summary:
     budgets = spec.budget.values
-    base_entries = [budget_entry(cells[(base, b)], ref) for b in budgets]
     arms = {}
     for arm in spec.arms:
-        entries = [budget_entry(cells[(arm.name, b)], ref, baseline=cells[(base, b)],
+        own = arm.baseline or base  # each arm against its own baseline, by default the study's
+        entries = [budget_entry(cells[(arm.name, b)], ref, baseline=cells[(own, b)],
                                 front=cells[(arm.front, b)] if arm.front else None,
                                 mixing=cells[(arm.mixing, b)] if arm.mixing else None) for b in budgets]
-        arms[arm.name] = arm_summary(spec, arm.name, cells, models.get(arm.name), entries, base_entries, base)
+        base_entries = [budget_entry(cells[(own, b)], ref) for b in budgets]
+        arms[arm.name] = arm_summary(spec, arm.name, cells, models.get(arm.name), entries, base_entries, own)
     for arm in spec.arms:  # the front's own entries are complete only now
         top, front_top = arms[arm.name].top, arms[arm.front].top if arm.front else None
         if arm.front:

@@ -29,10 +29,11 @@ def no_claim(estimate: float | None, interval: list[float] | None, n_seeds: int)
 
 
 def verdict_lines(summary: Summary) -> list[str]:
-    """A sentence per subject arm (not the baseline, not a control) on its difference to the baseline."""
-    base, kind = summary.baseline, summary.budget_kind
+    """A sentence per subject arm (not its own baseline, not a control) on its difference to its baseline."""
+    kind = summary.budget_kind
     lines = []
     for name, arm in summary.arms.items():
+        base = arm.baseline
         if name == base or arm.control:
             continue
         e, d, interval = arm.top, arm.top.delta_vs_baseline, arm.top.delta_vs_baseline_ci95

@@ -16,7 +16,7 @@ from reporting.plots import MARGIN, frontier_figure, plt
 from reporting.references import Reference
 from reporting.report import write_report
 from reporting.summary import ArmSummary, BudgetEntry, Summary
-from test_study import fake_run, steps_for, study_text, table_rows
+from test_study import ARMS, fake_run, steps_for, study_text, table_rows
 
 
 def write_fake_study(tmp_path, narrow_windows, wide_shift: float | dict[int, float] = 0.0,
@@ -178,3 +178,24 @@ def test_routing_figures_are_the_medians_of_the_first_and_last_fifth_and_the_ent
     assert got.update["embedding"] == pytest.approx([np.mean(first), np.mean(last)], rel=1e-12)
     assert got.update["h0.attn"] == pytest.approx([2 * np.mean(first), 2 * np.mean(last)], rel=1e-12)
     assert got.entropy == {"h0": pytest.approx([1.0, 0.9, 0.8], rel=1e-12)}
+
+
+def test_an_arm_with_its_own_baseline_is_compared_with_it(tmp_path):
+    """A study of two comparisons: wide against narrow (the study's baseline), and wide2 against wide (its
+    own baseline; its fake losses are narrow's, so wide2 - wide = narrow - wide on every seed and window)."""
+    arms = ARMS + ('[[arm]]\nname = "wide2"\nconfig = "configs/tiny_gpt.toml"\nbaseline = "wide"\n'
+                   'overrides = { model = { n_embd = 32 } }\nlrs = [1e-3, 3e-3]\n')
+    text = study_text(tmp_path, tmp_path / "out", seeds=FIVE, budget="flops = [1e6, 3e6, 1e7]", arms=arms)
+    spec, tuning, reported = write_fake_study(tmp_path, {s: [0.0, 0.1, -0.1] for s in OFFSETS}, 0.0, text, OFFSETS)
+    path = write_report(spec, "x", {a.name: "gpt" for a in spec.arms}, tmp_path / "out", tuning, reported)[0]
+    arms_json = json.loads((tmp_path / "out" / "summary.json").read_text())["arms"]
+    assert arms_json["wide"]["baseline"] == "narrow" and arms_json["wide2"]["baseline"] == "wide"
+    assert arms_json["wide2"]["budgets"][-1]["delta_vs_baseline"] == pytest.approx(-TOP_DELTA)
+    assert arms_json["wide2"]["compute_multiplier"] == pytest.approx([4.0, 4.0, 4.0], rel=1e-9)  # wide needs 4x
+    report = path.read_text()
+    rows = table_rows(report, "Results at the largest budget")
+    assert rows["narrow"]["role"] == "baseline" and rows["wide2"]["role"] == "subject (vs wide)"
+    assert rows["wide"]["role"] == "subject (vs narrow)"  # a subject itself, and the baseline of wide2
+    assert rows["wide2"]["Δ vs its baseline"] == f"{-TOP_DELTA:+.3f}"
+    assert "- wide2 is better than wide at 1e+07 training FLOPs by" in report
+    assert "- wide is worse than narrow at 1e+07 training FLOPs by" in report
