@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from data.loader import VAL_HALVES
 from schema import ConfigError, apply_overrides, build, describe, load_toml, option
 
 __all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "WandbConfig",
@@ -80,7 +81,7 @@ class TrainConfig:
     train_eval_iters: int = option(-1, "batches of the train split per evaluation; -1: eval_iters; 0: none")
     eval_split: str = option("val", "the validation windows scored (reported as val_*): val (the whole split), or one "
                              "half of its documents: val_tune (studies choose learning rates on it) or val_report "
-                             "(studies report it)", ("val", "val_tune", "val_report"))
+                             "(studies report it)", ("val", *VAL_HALVES))
     seed: int = option(1337, "initial weights, data order and dropout")
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = option("auto", "auto: bf16 autocast on GPUs that have it, else float32",

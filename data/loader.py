@@ -18,7 +18,7 @@ SPLITS = ("train", "val")
 # choose learning rates on the windows of one and report on the windows of the other, so no text that an
 # lr was chosen on is ever reported.
 VAL_HALVES = ("val_tune", "val_report")
-EVAL_SPLITS = ("val", *VAL_HALVES)
+STREAMS = (*SPLITS, *VAL_HALVES)  # every split a batch can be drawn from; its index seeds the draw
 
 
 class DataError(ValueError):
@@ -61,6 +61,20 @@ def open_split(folder: Path, split: str, meta: dict) -> np.ndarray:
     return tokens
 
 
+def validation_cut(meta: dict, val: np.ndarray) -> int | None:
+    """Where the validation split's first half of documents ends (prepare.py records it); for a dataset
+    prepared before that, derived from its end-of-text tokens where documents carry one (GPT-2 BPE); a
+    single document halved by position; None when it cannot be known."""
+    if isinstance(meta.get("val_tune_tokens"), int):
+        cut = meta["val_tune_tokens"]
+    elif meta.get("eot") is not None:
+        ends = np.flatnonzero(np.asarray(val) == meta["eot"])  # each document ends with one
+        cut = int(ends[(len(ends) + 1) // 2 - 1]) + 1 if len(ends) >= 2 else len(val) // 2
+    else:
+        return None
+    return cut if 0 < cut < len(val) else None
+
+
 class TokenDataset:
     """A prepared token dataset: flat arrays of ids, sampled as random windows of block_size + 1."""
 
@@ -69,12 +83,22 @@ class TokenDataset:
         self.meta = load_meta(self.folder)
         self.vocab_size: int = int(self.meta["vocab_size"])
         self.splits = {s: open_split(self.folder, s, self.meta) for s in SPLITS}
-        cut = self.meta.get("val_tune_tokens")
-        if isinstance(cut, int) and 0 < cut < len(self.splits["val"]):
+        cut = validation_cut(self.meta, self.splits["val"])
+        if cut is not None:
             self.splits |= {"val_tune": self.splits["val"][:cut], "val_report": self.splits["val"][cut:]}
 
+    def require(self, split: str) -> np.ndarray:
+        """The tokens of a split, or a DataError saying how to get it."""
+        if split not in self.splits:
+            files = [s["path"] for s in self.meta.get("sources", []) if "path" in s]
+            raise DataError(f"dataset {self.folder.name!r} has no {split} split (it was prepared before the "
+                            f"validation documents were halved for tuning and reporting); prepare it again: "
+                            f"python data/prepare.py {self.folder.name}"
+                            + (f" (a corpus of your own: with --files {' '.join(files)})" if files else ""))
+        return self.splits[split]
+
     def check_block_size(self, block_size: int) -> None:
-        for split, tokens in self.splits.items():
+        for split, tokens in ((s, self.splits[s]) for s in SPLITS):
             if len(tokens) <= block_size:
                 raise DataError(f"the {split} split of {self.folder.name!r} has {len(tokens)} tokens, too few for "
                                 f"one sequence of block_size={block_size}; use a smaller model.block_size or more data")
@@ -83,12 +107,11 @@ class TokenDataset:
               micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), both (batch_size, block_size) int64 on the CPU; y is x shifted left by one token. Windows of
         a validation half (VAL_HALVES) lie wholly inside it."""
-        if split not in self.splits:
-            raise DataError(f"dataset {self.folder.name!r} has no {split} split (prepared before the validation "
-                            f"documents were halved for tuning and reporting); prepare it again: "
-                            f"python data/prepare.py {self.folder.name}")
-        tokens = self.splits[split]
-        rng = np.random.default_rng([seed, (*SPLITS, *VAL_HALVES).index(split), step, micro])
+        tokens = self.require(split)
+        if len(tokens) <= block_size:
+            raise DataError(f"the {split} split of {self.folder.name!r} has {len(tokens)} tokens, too few for one "
+                            f"sequence of block_size={block_size}; use a smaller model.block_size or more data")
+        rng = np.random.default_rng([seed, STREAMS.index(split), step, micro])
         starts = rng.integers(0, len(tokens) - block_size, size=batch_size)
         windows = np.stack([tokens[s:s + block_size + 1] for s in starts]).astype(np.int64)  # (B, T+1)
         if windows.max() >= self.vocab_size:  # cheap here, unlike a scan of billions of tokens up front

@@ -124,7 +124,9 @@ def split_mask(n_docs: int, val_fraction: float, seed: int = SPLIT_SEED) -> np.n
 def tune_tokens(val_lengths: list[int]) -> int:
     """Where the validation split's first half of documents ends, in tokens: studies choose learning rates
     on windows of the documents before it and report on windows of those after (data/loader.py
-    VAL_HALVES). A single document (split "tokens") is halved by position instead."""
+    VAL_HALVES). A single validation document is halved by position instead."""
+    if len(val_lengths) == 1:
+        return int(val_lengths[0]) // 2
     return int(sum(val_lengths[:(len(val_lengths) + 1) // 2]))
 
 
@@ -193,7 +195,7 @@ def prepare_in_memory(name: str, recipe: Recipe, folder: Path, num_proc: int, fo
         if not 0 < n_train < len(ids):
             raise DataError(f"{recipe.files[0]} gives only {len(ids)} tokens, too few to split; give more text")
         parts = {"train": [ids[:n_train]], "val": [ids[n_train:]]}
-        meta |= {"split": "tokens", "documents": 1, "val_tune_tokens": (len(ids) - n_train) // 2}
+        meta |= {"split": "tokens", "documents": 1, "val_tune_tokens": tune_tokens([len(ids) - n_train])}
     else:
         mask = split_mask(len(chunks), recipe.val_fraction)
         parts = {s: [c for c, v in zip(chunks, mask) if v == (s == "val")] for s in SPLITS}

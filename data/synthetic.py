@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.loader import SPLITS, VAL_HALVES, DataError
+from data.loader import STREAMS, DataError
 
 TASKS = ("copy", "mqar")
 FILLER = 0         # both tasks: positions that carry no information
@@ -143,7 +143,7 @@ class SyntheticTask:
               micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), both (batch_size, block_size) int64 on the CPU; y = -1 where nothing is scored."""
         self.check_block_size(block_size)
-        rng = np.random.default_rng([seed, (*SPLITS, *VAL_HALVES).index(split), step, micro])  # halves: own streams
+        rng = np.random.default_rng([seed, STREAMS.index(split), step, micro])  # the halves: streams of their own
         make = copy_batch if self.name == "copy" else mqar_batch
         x, y = make(rng, batch_size, block_size, self.vocab_size, self.n_pairs)
         return torch.from_numpy(x), torch.from_numpy(y)

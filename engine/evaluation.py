@@ -30,7 +30,8 @@ def evaluate(model: LanguageModel, data: Dataset, cfg: Config, rt: runtime.Runti
              detailed: bool = False) -> dict[str, float | list[float]]:
     """Mean loss and accuracy over the same batches of each split at every evaluation (eval_iters of val,
     drawn from train.eval_split, and train_eval_iters of train), shared out over the processes; a process
-    with no batch still joins the all-reduce, so none can deadlock. `detailed` adds, for val, the mean loss at each
+    with no batch still joins the all-reduce, so none can deadlock. Models with attention add each
+    attention layer's entropy against uniform on one window (attn_entropy_h<i>, attention_entropies). `detailed` adds, for val, the mean loss at each
     position of the window (val_loss_by_position, T values) and each window's mean loss
     (val_window_losses, in window order): the study's context-use curve and paired statistics."""
     model.eval()
@@ -49,13 +50,21 @@ def evaluate(model: LanguageModel, data: Dataset, cfg: Config, rt: runtime.Runti
                 logits, loss = model(x, y)
             acc.add(i, logits, loss, y, detailed and split == "val")
         out.update(acc.result(split, rt, detailed and split == "val"))
-    x, _ = eval_batch(data, t.eval_split, 0, 1, cfg.model.block_size)
-    out.update(attention_entropies(model, x[:, :ENTROPY_TOKENS].to(rt.device), rt))
+    if any(layer.mixer in ATTENTION_MIXERS for layer in cfg.model.layers()):
+        x, _ = eval_batch(data, t.eval_split, 0, 1, cfg.model.block_size)
+        out.update(attention_entropies(unwrapped(model), x[:, :ENTROPY_TOKENS].to(rt.device), rt))
     model.train()
     return out
 
 
 ENTROPY_TOKENS = 256  # positions of the one validation window whose attention entropy is logged
+ATTENTION_MIXERS = ("attn", "image_attn")  # the mixers whose trace shows attention weights
+
+
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself inside a DDP wrapper and/or torch.compile's (a trace on those would recompile)."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
 
 
 def attention_entropies(model: LanguageModel, x: torch.Tensor, rt: runtime.Runtime) -> dict[str, float]:
@@ -63,8 +72,8 @@ def attention_entropies(model: LanguageModel, x: torch.Tensor, rt: runtime.Runti
     attention), on one window x (1, n): how close its routing is to a running mean (see relative_entropy)."""
     with tracing(model) as records, rt.autocast():
         model(x)
-    return {f"attn_entropy_h{name.split('h.')[-1].split('.')[0]}": relative_entropy(record["attention"])
-            for name, record in records.items() if "attention" in record}
+    return {f"attn_entropy_h{i}": relative_entropy(records[f"h.{i}.mixer"]["attention"])
+            for i in range(len(model.h)) if "attention" in records.get(f"h.{i}.mixer", {})}
 
 
 def row_entropy(weights: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import math
 import torch
 
 from config import ConfigError, OptimConfig
+from models.layers import component_params
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
@@ -30,13 +31,13 @@ def part_multipliers(model: torch.nn.Module, lr_mult: dict[str, float]) -> dict[
     if not lr_mult:
         return {}
     parts: dict[str, list] = {}
-    for name, modules in model.components().items():
-        parts.setdefault(name.split(".")[-1], []).extend(modules)
+    for name, params in component_params(model.components()).items():  # each parameter in one component
+        parts.setdefault(name.split(".")[-1], []).extend(params)
     unknown = sorted(set(lr_mult) - set(parts))
     if unknown:
         raise ConfigError(f"optim.lr_mult names {unknown[0]!r}, which this model does not have; its parts: "
                           f"{', '.join(sorted(parts))}")
-    return {id(p): float(m) for part, m in lr_mult.items() for module in parts[part] for p in module.parameters()}
+    return {id(p): float(m) for part, m in lr_mult.items() for p in parts[part]}
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -32,6 +32,7 @@ from engine.perf import peak_flops, peak_memory_bytes
 from engine.runlog import MetricsLog, run_record
 from engine.setup import Setup, set_up
 from models import LanguageModel
+from models.layers import component_params
 
 
 @dataclass
@@ -185,30 +186,30 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    figures |= {f"update_{name}": relative_update(groups[name], old) for name, old in before.items()}
-    return total.item() / len(batches), figures  # .item(): the step's one host-device sync
+    figures |= relative_updates(groups, before) if before else {}
+    return total.item() / len(batches), figures  # .item(): the step's one host-device sync (two more on log steps)
 
 
-def component_params(components: dict[str, list]) -> dict[str, list[torch.nn.Parameter]]:
-    """Each component's parameters, a tied parameter in the first component that holds it only."""
-    seen: set[int] = set()
-    return {name: [p for m in modules if m is not None for p in m.parameters()
-                   if id(p) not in seen and not seen.add(id(p))] for name, modules in components.items()}
+def squared_norms(groups: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """The summed squares of each group's tensors, in one host-device transfer for all groups."""
+    sums = [torch.stack([t.float().pow(2).sum() for t in ts]).sum() if ts else torch.zeros(()) for ts in groups.values()]
+    return dict(zip(groups, torch.stack([s.cpu() for s in sums]).tolist()))
 
 
 def grad_norms(groups: dict[str, list[torch.nn.Parameter]]) -> dict[str, float]:
     """L2 norm of the gradient of each component's parameters, and of all."""
-    squares = {name: float(sum(p.grad.float().pow(2).sum() for p in params if p.grad is not None))
-               for name, params in groups.items()}
+    squares = squared_norms({name: [p.grad for p in params if p.grad is not None] for name, params in groups.items()})
     return {"grad_norm": math.sqrt(sum(squares.values())),
             **{f"grad_norm_{name}": math.sqrt(v) for name, v in squares.items()}}
 
 
-def relative_update(params: list[torch.nn.Parameter], before: list[torch.Tensor]) -> float | None:
-    """||theta_after - theta_before|| / ||theta_before|| over a component's parameters (None if they were 0)."""
-    change = sum(float((p.detach().float() - b.float()).pow(2).sum()) for p, b in zip(params, before))
-    size = sum(float(b.float().pow(2).sum()) for b in before)
-    return math.sqrt(change / size) if size > 0 else None
+def relative_updates(groups: dict[str, list[torch.nn.Parameter]], before: dict[str, list[torch.Tensor]]
+                     ) -> dict[str, float | None]:
+    """update_<name>: ||theta_after - theta_before|| / ||theta_before|| over each component's parameters
+    (None where they were all zero)."""
+    change = squared_norms({name: [p.detach() - b for p, b in zip(groups[name], old)] for name, old in before.items()})
+    size = squared_norms(before)
+    return {f"update_{name}": math.sqrt(change[name] / size[name]) if size[name] > 0 else None for name in before}
 
 
 def start_model(setup: Setup, rt: runtime.Runtime) -> tuple[Setup, dict | None]:

@@ -30,18 +30,22 @@ def preflight(spec: StudySpec, only: list[str], dry_run: bool) -> tuple[dict[str
 
 
 def unprepared(cfg: Config) -> bool:
-    """A dataset to prepare first (not a synthetic task, generated on the fly): no meta.json, or one written
-    before the validation documents were halved for tuning and reporting (data/loader.py VAL_HALVES)."""
+    """A dataset to prepare first (not a synthetic task, generated on the fly): no meta.json, or a built-in
+    one written before the validation documents were halved for tuning and reporting whose halves cannot
+    be read off its end-of-text tokens (data/loader.py validation_cut; a corpus of one's own is named with
+    its --files by the loader's error instead)."""
     import json
 
     from data import SYNTHETIC_TASKS
+    from data.prepare import BUILTIN
     meta = in_root(cfg.data.data_dir) / cfg.data.dataset / "meta.json"
     if cfg.data.dataset in SYNTHETIC_TASKS:
         return False
     try:
-        return "val_tune_tokens" not in json.loads(meta.read_text())
+        found = json.loads(meta.read_text())
     except (OSError, ValueError):
         return True
+    return "val_tune_tokens" not in found and found.get("eot") is None and cfg.data.dataset in BUILTIN
 
 
 def prepare_data(configs: list[Config], dry_run: bool) -> None:
@@ -62,6 +66,8 @@ def arm_steps(spec: StudySpec, arm: ArmSpec, cfg: Config, dry_run: bool) -> dict
     absent = dry_run and unprepared(cfg)  # a dry run may come before the data: any vocabulary gives the steps
     try:  # a prepared folder or a synthetic task: both know their vocabulary
         setup = set_up(resolve_vocab(cfg, 1) if absent else cfg, "vocab" if absent else "train", device="meta")
+        if hasattr(setup.data, "require"):  # a prepared folder: the validation halves the runs are scored on
+            setup.data.require("val_report")
     except DataError as e:
         raise ConfigError(f"arm {arm.name}: {e}") from None
     tokens_per_step, flops_per_token = setup.tokens_per_step, setup.model.flops_per_token()

@@ -191,11 +191,13 @@ class Block(nn.Module):
             (3.0 * self.mlp.forward_flops_per_token() if self.has_mlp else 0.0)
 
     def components(self, prefix: str) -> dict[str, list[nn.Module]]:
-        """{prefix.part: modules}: the mixer's parts (ln_1 with the first) and the MLP (with ln_2)."""
+        """{prefix.part: modules}: the mixer's parts (ln_1 with its input part) and the MLP (with ln_2)."""
         parts: dict[str, list[nn.Module]] = {}
         if self.has_mixer:
-            for i, (part, modules) in enumerate(self.mixer.components().items()):
-                parts[f"{prefix}.{part}"] = ([self.ln_1] if i == 0 else []) + modules
+            mixer_parts = self.mixer.components()
+            first = self.mixer.input_part or next(iter(mixer_parts))
+            for part, modules in mixer_parts.items():
+                parts[f"{prefix}.{part}"] = ([self.ln_1] if part == first else []) + modules
         if self.has_mlp:
             parts[f"{prefix}.mlp"] = [self.ln_2, self.mlp]
         return parts

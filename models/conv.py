@@ -66,9 +66,11 @@ FFT_FLOP_FORMULAS = {aten._fft_r2c: _r2c_flops, aten._fft_c2r: _c2r_flops, aten.
 
 
 class CausalDepthwiseConv(nn.Conv1d):
-    """y_t = sum_j w_j x_{t-k+1+j} per channel: a depthwise convolution over the k - 1 previous inputs
+    """y_t = sum_j w_j x_{t-k+1+j} + b per channel: a depthwise convolution over the k - 1 previous inputs
     and the current one, on (B, n, C) sequences. Padding is explicit (zeros, or the cached inputs when
-    decoding) so that the output has exactly n positions (and the FLOP counter counts exactly those)."""
+    decoding) so that the output has exactly n positions (and the FLOP counter counts exactly those). It
+    keeps its bias whatever model.bias says (that option is GPT-2's, for linears and norms), as Mamba's
+    conv1d does."""
 
     def __init__(self, channels: int, kernel: int):
         super().__init__(channels, channels, kernel, groups=channels)
@@ -164,6 +166,8 @@ def fft_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
 
 class Hyena(TokenMixer):
+    input_part = "conv"  # the projections and short convolution read the block's input, the filter does not
+
     def __init__(self, d: int, kernel: int, block_size: int, filter_width: int, bias: bool, dropout: float):
         super().__init__()
         self.in_proj = nn.Linear(d, 3 * d, bias=bias)  # q, k, v

@@ -34,6 +34,7 @@ class TokenMixer(nn.Module):
     """
 
     trace: dict | None = None
+    input_part: str = ""  # the part of components() its block's input norm (ln_1) belongs to; "": the first
 
     def forward_flops_per_token(self, T: int) -> float:
         raise NotImplementedError
@@ -103,6 +104,13 @@ def count_params(modules: list[nn.Module | None], seen: set[int]) -> int:
     """Parameters of `modules` not already in `seen` (ids; updated), so tied weights count once."""
     params = [p for m in modules if m is not None for p in m.parameters()]
     return sum(p.numel() for p in params if id(p) not in seen and not seen.add(id(p)))
+
+
+def component_params(components: dict[str, list[nn.Module | None]]) -> dict[str, list[nn.Parameter]]:
+    """Each component's parameters, a parameter shared by several (the tied head) in the first that holds it."""
+    seen: set[int] = set()
+    return {name: [p for m in modules if m is not None for p in m.parameters()
+                   if id(p) not in seen and not seen.add(id(p))] for name, modules in components.items()}
 
 
 def init_gpt2_(module: nn.Module, n_branches: int, keep: tuple[type, ...] = ()) -> None:

@@ -219,7 +219,8 @@ def scaling(r: Report) -> list[str]:
             f"baseline ({against(summary)}) needs to reach the arm's loss, read two ways: off the baseline's own "
             "power law (fit), and by piecewise interpolation between the baseline's measured points in log-log "
             "space (piecewise; n/a where the arm's loss lies outside the baseline's measured losses). Below 1 the "
-            "baseline is more efficient; a multiplier that falls with the budget means the gap widens with compute.",
+            "baseline is more efficient, above 1 the arm; a multiplier that moves away from 1 with the budget means the "
+            "gap widens with compute.",
             ""] + table(rows, header) + [
         "", "\\* extrapolated: the arm's loss lies outside the baseline's measured losses, so the fit is read "
         "beyond its data.", "", "![frontier.png](frontier.png)", ""]

@@ -5,6 +5,8 @@ zero and rests on at least CLAIM_SEEDS seeds both arms finished. Otherwise it sa
 """
 from __future__ import annotations
 
+import math
+
 from reporting.markdown import BUDGET_WORDS, NO_INTERVAL, ci, signed
 from reporting.summary import ArmSummary, BudgetEntry, Summary
 
@@ -49,14 +51,17 @@ def verdict_lines(summary: Summary) -> list[str]:
 
 
 def trend(arm: ArmSummary) -> str:
-    """How the FLOPs multiplier moves over the budgets, where it is known at the first and the last."""
+    """How the FLOPs multiplier moves over the budgets, where it is known at the first and the last: the gap
+    widens when the multiplier moves away from 1 (below 1 the baseline leads, above 1 the arm does)."""
     m = arm.compute_multiplier or []
     if len(m) < 2 or not m[0] or not m[-1]:
         return ""
+    moves = f"; the compute multiplier goes from {m[0]:.3g} to {m[-1]:.3g} over the budgets"
     if abs(m[-1] / m[0] - 1) <= 0.1:
         return "; the compute multiplier stays about constant over the budgets"
-    return (f"; the compute multiplier goes from {m[0]:.3g} to {m[-1]:.3g} over the budgets, so the gap "
-            f"{'widens' if m[-1] < m[0] else 'closes'} with compute")
+    if (m[0] - 1) * (m[-1] - 1) < 0:
+        return moves + f", so the lead passes from {'the baseline to the arm' if m[-1] > 1 else 'the arm to the baseline'}"
+    return moves + f", so the gap {'widens' if abs(math.log(m[-1])) > abs(math.log(m[0])) else 'narrows'} with compute"
 
 
 def mixing_clause(arm: ArmSummary, mixing_top: BudgetEntry | None) -> str:

@@ -241,13 +241,23 @@ def test_the_tuning_and_reported_validation_windows_come_from_disjoint_documents
     assert seen["val_tune"] and seen["val_report"] and not seen["val_tune"] & seen["val_report"]
 
 
-def test_a_dataset_prepared_before_the_halves_says_to_prepare_it_again(tmp_path):
-    folder = prepare("old", files=[write_jsonl(tmp_path / "d.jsonl", DOCS * 3)], out_root=tmp_path)
-    meta = json.loads((folder / "meta.json").read_text())
-    del meta["val_tune_tokens"]
-    (folder / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="no val_report split .* python data/prepare.py old"):
-        TokenDataset(tmp_path, "old").batch("val_report", 2, 4, seed=0, step=0, micro=0)
+def test_a_dataset_prepared_before_the_halves_gets_them_from_its_end_of_text_tokens_or_says_how(tmp_path):
+    """GPT-2 BPE documents end with <|endoftext|>: the halves of an older dataset are read off them, at the
+    cut prepare.py now records; a char dataset has no such token, and the error names the command, with
+    its --files for a corpus of one's own."""
+    for name, tokenizer in (("old_bpe", "gpt2"), ("old_char", "char")):
+        folder = prepare(name, files=[write_jsonl(tmp_path / f"{name}.jsonl", DOCS * 3)], out_root=tmp_path,
+                         tokenizer=tokenizer)
+        meta = json.loads((folder / "meta.json").read_text())
+        recorded = meta.pop("val_tune_tokens")
+        (folder / "meta.json").write_text(json.dumps(meta))
+        ds = TokenDataset(tmp_path, name)
+        if tokenizer == "gpt2":
+            assert len(ds.splits["val_tune"]) == recorded
+            continue
+        with pytest.raises(DataError, match=f"no val_report split .* python data/prepare.py old_char .*--files "
+                                            f".*old_char.jsonl"):
+            ds.batch("val_report", 2, 4, seed=0, step=0, micro=0)
 
 
 def test_owt_sample_token_count(tmp_path):

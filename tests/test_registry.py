@@ -166,7 +166,8 @@ def vgg_params(c_in: int, cfg) -> int:
 
 
 def layer_closed_forms(cfg, mixer: str, mlp: bool, projected: bool) -> dict[str, int]:
-    """Parameters of one layer's parts (bias=True), from the architecture; ln_1 (2d) with the first part."""
+    """Parameters of one layer's parts (bias=True), from the architecture; ln_1 (2d) with the part that reads
+    the block's input (the first, but Hyena's filter, which reads positions)."""
     d, D, k = cfg.n_embd, cfg.channels * cfg.height * cfg.width, cfg.conv_kernel
     linear = lambda i, o: i * o + o  # noqa: E731
     depthwise = lambda c: c * k + c  # noqa: E731
@@ -176,8 +177,8 @@ def layer_closed_forms(cfg, mixer: str, mlp: bool, projected: bool) -> dict[str,
         "none": {},
         "conv": {"conv": 2 * d + linear(d, d) + depthwise(d) + linear(d, d)},
         "gated_conv": {"conv": 2 * d + linear(d, 2 * d) + depthwise(2 * d) + linear(d, d)},
-        "hyena": {"filter": 2 * d + linear(e, w) + linear(w, w) + linear(w, d),
-                  "conv": linear(d, 3 * d) + depthwise(3 * d) + d + linear(d, d)},  # + the skip, d
+        "hyena": {"filter": linear(e, w) + linear(w, w) + linear(w, d),
+                  "conv": 2 * d + linear(d, 3 * d) + depthwise(3 * d) + d + linear(d, d)},  # + the skip, d
     }.get(mixer)
     if parts is None:  # an image block: paint (idea 2's with a bias), its q and k, the CNN, c_proj
         attn = mixer == "image_attn"
@@ -207,20 +208,12 @@ def test_param_counts_match_closed_forms(variant):
     assert model.param_counts() == closed_forms(model.cfg)
 
 
-def test_without_mixing_each_position_reads_only_its_own_token():
-    """The backbone with no token mixer anywhere: the logits at t depend on token t alone (and the position)."""
-    model = build(("lm", {"mixers": ["none"]})).double()
-    idx = tokens(model.cfg)
-    logits, _ = model(idx)
-    for t in (0, 5, model.cfg.block_size - 1):
-        changed = tokens(model.cfg, seed=t + 7)
-        changed[:, t] = idx[:, t]
-        torch.testing.assert_close(model(changed)[0][:, t], logits[:, t], rtol=0, atol=1e-12)
-
-
-def test_without_attention_or_mixing_the_image_control_reads_only_its_own_token():
-    """The convolution-only control with no mixer: the logits at t depend on token t alone."""
-    model = build(("image_sum", {"warmup": "mlp", "mixer": "none"})).double()
+@pytest.mark.parametrize("variant", [("lm", {"mixers": ["none"]}), ("image_sum", {"warmup": "mlp", "mixer": "none"})],
+                         ids=["backbone-none", "image-control-without-attention-or-mixing"])
+def test_without_mixing_each_position_reads_only_its_own_token(variant):
+    """No token mixer anywhere (the backbone's none; the image preset's convolution-only control with no mixer):
+    the logits at t depend on token t alone (and the position)."""
+    model = build(variant).double()
     idx = tokens(model.cfg)
     logits, _ = model(idx)
     for t in (0, 5, model.cfg.block_size - 1):
@@ -284,14 +277,15 @@ def test_learns_real_text_beyond_the_unigram(variant, shakespeare_chars):
 
 
 def front_gradient_norm(model: torch.nn.Module, train: torch.Tensor) -> float:
-    """The gradient norm reaching the warm-up blocks on 16 fixed windows of the training text."""
+    """The gradient norm reaching the front (the blocks before the image block the head reads) on 16 fixed
+    windows of the training text."""
     T = model.cfg.block_size
     batch = torch.stack([train[s:s + T + 1] for s in range(0, 16 * T, T)])  # (16, T + 1)
     model.train()
     model.zero_grad(set_to_none=True)
     _, loss = model(batch[:, :-1], batch[:, 1:])
     loss.backward()
-    return torch.cat([p.grad.flatten() for p in model.h.parameters()]).norm().item()
+    return torch.cat([p.grad.flatten() for p in model.h[:-1].parameters()]).norm().item()
 
 
 @pytest.mark.slow
@@ -301,8 +295,8 @@ def test_the_plain_form_collapses_to_the_unigram(variant, shakespeare_chars):
     the plain form (the head reads the CNN's features; the original wiring, or with the projected tied
     head) the same 150 steps end at the unigram level, and the gradient reaching the front has all but
     vanished. Both are stated against what the learners do, with margin for other CPUs' kernels: measured
-    on a Zen 4 CPU, the plain forms end 0.001-0.007 nats from the unigram (the learners 0.61-0.65 below it;
-    the test allows 0.15) and their front's gradient at 0.06 and 1e-4 of its value at initialisation (the
+    on a Zen 4 CPU, the plain forms end 0.0005-0.006 nats from the unigram (the learners 0.61-0.65 below it;
+    the test allows 0.15) and their front's gradient at 0.04 and 0.0015 of its value at initialisation (the
     test allows 0.25). If this starts failing, the plain form learns: update the docstring, the configs'
     comments and this test."""
     train, _, V, unigram = shakespeare_chars

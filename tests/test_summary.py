@@ -199,3 +199,17 @@ def test_an_arm_with_its_own_baseline_is_compared_with_it(tmp_path):
     assert rows["wide2"]["Δ vs its baseline"] == f"{-TOP_DELTA:+.3f}"
     assert "- wide2 is better than wide at 1e+07 training FLOPs by" in report
     assert "- wide is worse than narrow at 1e+07 training FLOPs by" in report
+
+
+@pytest.mark.parametrize("m, words", [
+    ([0.5, 0.25], "so the gap widens with compute"),       # the baseline's lead grows
+    ([0.25, 0.5], "so the gap narrows with compute"),
+    ([1.5, 3.0], "so the gap widens with compute"),        # the arm's lead grows
+    ([3.0, 1.5], "so the gap narrows with compute"),
+    ([0.8, 1.5], "so the lead passes from the baseline to the arm"),
+    ([2.0, 2.1], "the compute multiplier stays about constant"),
+])
+def test_the_trend_sentence_reads_the_multiplier_against_1(m: list[float], words: str):
+    from reporting.verdict import trend
+    arm = ArmSummary(**{**{f.name: None for f in fields(ArmSummary)}, "compute_multiplier": m})
+    assert words in trend(arm)
