@@ -3,10 +3,11 @@
     python visualize.py --out_dir out/run --text "To be, or not to be"
     python visualize.py --out_dir out/run --text "$(cat prompt.txt)" --out figs --max_tokens 24
 
-Writes, for each image stage of the model (one, or n_chain for a chained model):
+Writes, for each image block of the model (image_sum / image_mean / image_attn / image_none layers; a
+chained preset has n_chain of them):
   painted.png    each token's painted image a_t: one row per token, one column per channel
   mixed.png      its causally mixed image A_t (running sum or mean, or attention): what the CNN reads
-  attention.png  idea 2 (model.mixer = "attn"): each head's weights of every token over the past
+  attention.png  idea 2 (an image_attn layer): each head's weights of every token over the past
 One colour scale per row (per token), symmetric about 0. The computing and drawing are in
 reporting/images.py, which the study report uses too.
 """

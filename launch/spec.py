@@ -179,8 +179,8 @@ def validate(spec: StudySpec) -> StudySpec:
         taken = sorted(set(table) & reserved)
         if taken:
             raise ConfigError(f"{where} sets {taken[0]}, which the study sets for every run (out_dir, seed, "
-                              f"budget, evaluation points and the shared wsd schedule come from the study file's "
-                              f"own keys)")
+                              f"budget, evaluation points, the shared wsd schedule and the validation half scored "
+                              f"come from the study file's own keys: seeds, tune_seeds, [budget], n_evals); remove it")
     if spec.baseline and spec.baseline not in names:
         raise ConfigError(f"baseline = {spec.baseline!r} is not an arm; arms: {', '.join(names)}")
     for arm in spec.arms:

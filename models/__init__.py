@@ -31,7 +31,7 @@ __all__ = ["MODELS", "MIXERS", "LM", "LMConfig", "LanguageModel", "build_model",
 
 @runtime_checkable
 class LanguageModel(Protocol):
-    """What train.py, sample.py, eval.py and the analysis use of a model; nothing else."""
+    """What train.py, sample.py, eval.py and the study's report use of a model; nothing else."""
     cfg: LMConfig
 
     def __call__(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: Cache | None = None,

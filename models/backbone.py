@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 
 from models.attention import CausalSelfAttention
-from models.cnn import CNN, CNN_HELP, validate_cnn
+from models.cnn import CNN, CNN_HELP, NORMS, validate_cnn
 from models.conv import GatedConv, Hyena, ImplicitFilter, ShortConv
-from models.image import IMAGE_NORMS, ImageMixer
+from models.image import ImageMixer
 from models.layers import MLP, Cache, Embedding, TokenMixer, count_params, init_gpt2_, lm_loss
 from schema import ConfigError, option
 
@@ -98,9 +98,10 @@ class LMConfig:
     own_image: bool = option(False, "image blocks: the CNN reads the token's own image a_t beside the mixed A_t")
     img_norm: str = option("group", "image blocks: per-image norm of the CNN's input: group (each channel of each "
                            "image), layer (each image), none (the original; it collapses, see docs/image_block.md)",
-                           IMAGE_NORMS)
+                           NORMS)
     cnn: str = option("vgg", f"image blocks: the CNN trunk. {CNN_HELP}")
     cnn_width: int = option(64, "channels of the first CNN stage (the original: 64); every layer scales with it")
+    # cnn_norm and cnn_pool are checked by models.cnn.validate_cnn, whose message says why there is no BatchNorm
     cnn_norm: str = option("group", "per-image norm in the CNN: group (the default), layer, or none (the original "
                            "VGG); never BatchNorm")
     cnn_pool: str = option("end", "end: global average pool after the last conv; stages: 2x2 max-pools between stages")

@@ -143,7 +143,6 @@ class ImageAttention(Mixing):
 
 
 MIXINGS: dict[str, type[Mixing]] = {"sum": RunningSum, "mean": RunningMean, "attn": ImageAttention, "none": NoMixing}
-IMAGE_NORMS = ("group", "layer", "none")
 
 
 class ImageReader(nn.Module):

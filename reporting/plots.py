@@ -24,6 +24,7 @@ from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFo
 
 from reporting.cells import Cell, curve  # noqa: E402
 from reporting.references import Reference  # noqa: E402
+from reporting.stats import power_law  # noqa: E402
 from reporting.summary import Summary  # noqa: E402
 from reporting.sweep import DIFFICULTY, WIDTH, Sweep  # noqa: E402
 
@@ -139,7 +140,7 @@ def frontier_figure(summary: Summary):
             fit = (arm.power_law or {}).get(key)
             if fit and len(points) >= 2:
                 xs = np.geomspace(x.min(), x.max(), 20)
-                ax.plot(xs, fit[0] * xs ** -fit[1], color=line.get_color(), linewidth=0.8, alpha=0.6)
+                ax.plot(xs, power_law(xs, *fit), color=line.get_color(), linewidth=0.8, alpha=0.6)
         ax.set_xscale("log")
         ax.set_yscale("log")
         span_losses(ax, losses, summary.references)

@@ -12,7 +12,7 @@ from engine.setup import tokens_per_step
 from launch.spec import StudySpec
 from reporting.cells import Cell
 from reporting.markdown import BUDGET_WORDS, ci, na, signed, table
-from reporting.summary import ArmSummary, Summary
+from reporting.summary import AXES, ArmSummary, Summary
 from reporting.sweep import DIFFICULTY, WIDTH, Sweep, acc_table, is_synthetic
 from reporting.verdict import CLAIM_SEEDS, verdict_lines
 
@@ -204,7 +204,7 @@ def multiplier_cells(arm: ArmSummary, axis: str) -> list[str]:
 
 
 def scaling(r: Report) -> list[str]:
-    summary, axes = r.summary, ("flops", "time_s", "tokens")
+    summary, axes = r.summary, AXES
     rows = []
     for name, arm in summary.arms.items():
         by_value = {e.budget: e for e in arm.budgets}
