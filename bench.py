@@ -5,8 +5,8 @@ Runs the trainer's own train_step on the configured batch (prepared data if pres
 ids: throughput does not depend on the text) and prints one JSON line last: ms/iter (median),
 tokens/s, training FLOPs per token, achieved FLOP/s, MFU (GPU: datasheet peak; CPU: this machine's
 measured matmul rate) and peak memory (GPU: allocator peak; CPU: the process's peak RSS).
---each_mixer times the config's shape once per registered token mixer (model.name = "lm", the mixer in
-every layer): the mixers' cost side by side at one shape.
+--each_mixer times the config's shape once per registered token mixer (model.name = "lm", the mixer and
+an MLP in every layer): the mixers' cost side by side at one shape.
 """
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--each_mixer", action="store_true", help="one line per registered token mixer at this shape")
     args, overrides = parser.parse_known_args(argv)
     from models import MIXERS
-    variants = {m: ['--model.name="lm"', f'--model.mixers=["{m}"]'] for m in MIXERS} if args.each_mixer else {None: []}
+    variants = ({m: ['--model.name="lm"', f'--model.mixers=["{m}"]', "--model.mlp=[true]"] for m in MIXERS}
+                if args.each_mixer else {None: []})
     try:
         for mixer, extra in variants.items():
             result = bench(load_config(args.config, overrides + extra), steps=args.steps, warmup=args.warmup)

@@ -189,8 +189,14 @@ def load_for_inference(out_dir: str, device: str = "cpu", option: str = "--out_d
     from models import build_model
 
     state = load_checkpoint(out_dir, map_location="cpu", fix=inference_fix(out_dir, option))
-    cfg = from_dict(state["config"])
-    model = build_model(cfg.model)
-    model.load_state_dict(state["model"])
+    try:
+        cfg = from_dict(state["config"])
+        model = build_model(cfg.model)
+        model.load_state_dict(state["model"])
+    except (ValueError, RuntimeError) as e:  # ConfigError is a ValueError; load_state_dict raises RuntimeError
+        raise CheckpointError(f"the checkpoint in {out_dir} does not fit this version's models ("
+                              f"{str(e).splitlines()[0][:200]}); it was probably written by an older version "
+                              f"(the models became one backbone: keys h.N.attn.* are now h.N.mixer.*); "
+                              f"{inference_fix(out_dir, option)}") from None
     meta = state.get("data_meta") or load_meta(Path(cfg.data.data_dir) / cfg.data.dataset)
     return model.to(device).eval(), cfg, meta

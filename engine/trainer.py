@@ -224,11 +224,7 @@ def start_model(setup: Setup, rt: runtime.Runtime) -> tuple[Setup, dict | None]:
                           f"(or auto), or choose another --train.out_dir")
     if init == "resume":
         ckpt = load_checkpoint(out_dir, map_location="cpu", log=print if rt.master else lambda *_: None)
-        saved, now = ckpt["config"]["model"], asdict(cfg.model)
-        if saved != now:
-            changed = changed_keys(saved, now)
-            raise ConfigError(f"the checkpoint in {out_dir} was trained with other model settings "
-                              f"({', '.join('model.' + k for k in changed)}); resume with the same [model]")
+        check_resumable(ckpt["config"], cfg, out_dir)
         setup.model.load_state_dict(ckpt["model"])
         return setup, ckpt
     if init.startswith("gpt2"):
@@ -239,6 +235,22 @@ def start_model(setup: Setup, rt: runtime.Runtime) -> tuple[Setup, dict | None]:
                               f"{data.vocab_size}; prepare the data with --tokenizer gpt2")
         return replace(setup, cfg=Config(model.cfg, cfg.data, cfg.optim, cfg.train, cfg.wandb), model=model), None
     return setup, None
+
+
+def check_resumable(saved: dict, cfg: Config, out_dir: Path) -> None:
+    """A ConfigError naming the fix unless the checkpoint's model and optimizer groups are this config's."""
+    now = asdict(cfg.model)
+    if set(now) - set(saved["model"]):
+        raise ConfigError(f"the checkpoint in {out_dir} was written by an older version of this project (its "
+                          f"[model] has no {', '.join(sorted(set(now) - set(saved['model'])))}); this code cannot "
+                          f"resume it: start a new run with --train.init_from=scratch and a fresh --train.out_dir")
+    if saved["model"] != now:
+        changed = changed_keys(saved["model"], now)
+        raise ConfigError(f"the checkpoint in {out_dir} was trained with other model settings "
+                          f"({', '.join('model.' + k for k in changed)}); resume with the same [model]")
+    if saved.get("optim", {}).get("lr_mult", {}) != cfg.optim.lr_mult:  # it decides the optimizer's groups
+        raise ConfigError(f"the checkpoint in {out_dir} was trained with optim.lr_mult = "
+                          f"{saved.get('optim', {}).get('lr_mult', {})}; resume with the same optim.lr_mult")
 
 
 def save(run: Run, folder: Path | None = None) -> None:

@@ -77,6 +77,31 @@ def test_resume_with_other_model_settings_is_refused(data_dir, tmp_path):
         run(data_dir, tmp_path / "r", **{"train.init_from": '"resume"', "model.n_embd": 64})
 
 
+def test_resume_with_other_lr_multipliers_is_refused(data_dir, tmp_path):
+    """optim.lr_mult decides the optimizer's parameter groups: a resumed run must keep them."""
+    run(data_dir, tmp_path / "r", **{"train.max_iters": 10})
+    with pytest.raises(ConfigError, match="optim.lr_mult = {}; resume with the same optim.lr_mult"):
+        run(data_dir, tmp_path / "r", **{"train.init_from": '"resume"', "optim.lr_mult": "{attn = 2.0}"})
+
+
+def test_a_checkpoint_from_before_the_backbone_is_named_as_such(data_dir, tmp_path):
+    """Written by the GPT of earlier versions (its blocks' attention under h.N.attn, no model.mixers): resuming
+    it and reading it for inference both say so and name the fix, instead of a key mismatch."""
+    from engine.checkpoint import CheckpointError, load_for_inference
+    out = tmp_path / "r"
+    run(data_dir, out, **{"train.max_iters": 10})
+    state = load_checkpoint(out)
+    state["model"] = {k.replace(".mixer.", ".attn."): v for k, v in state["model"].items()}
+    for key in ("mixers", "mlp", "head", "conv_kernel", "filter_width"):
+        state["config"]["model"].pop(key)
+    save_checkpoint(out, {**state, "step": 11})
+    with pytest.raises(ConfigError, match="written by an older version .* has no conv_kernel, filter_width, head, "
+                                          "mixers, mlp.*--train.init_from=scratch"):
+        run(data_dir, out, **{"train.init_from": '"resume"', "train.max_iters": 20})
+    with pytest.raises(CheckpointError, match="does not fit this version's models .*h.N.attn.* are now h.N.mixer"):
+        load_for_inference(str(out))
+
+
 def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path):
     out = tmp_path / "r"
     run(data_dir, out)  # checkpoints at steps 10 and 20; a finished run keeps only the newest
