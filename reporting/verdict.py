@@ -56,9 +56,12 @@ def trend(arm: ArmSummary) -> str:
     m = arm.compute_multiplier or []
     if len(m) < 2 or not m[0] or not m[-1]:
         return ""
-    moves = f"; the compute multiplier goes from {m[0]:.3g} to {m[-1]:.3g} over the budgets"
+    flags = (arm.compute_multiplier_extrapolated or {}).get("flops") or []
+    note = " (extrapolated: read off the baseline's power law beyond its measured losses)" if flags and (
+        flags[0] or flags[-1]) else ""
     if abs(m[-1] / m[0] - 1) <= 0.1:
-        return "; the compute multiplier stays about constant over the budgets"
+        return f"; the compute multiplier stays about constant over the budgets{note}"
+    moves = f"; the compute multiplier goes from {m[0]:.3g} to {m[-1]:.3g} over the budgets{note}"
     if (m[0] - 1) * (m[-1] - 1) < 0:
         return moves + f", so the lead passes from {'the baseline to the arm' if m[-1] > 1 else 'the arm to the baseline'}"
     return moves + f", so the gap {'widens' if abs(math.log(m[-1])) > abs(math.log(m[0])) else 'narrows'} with compute"

@@ -213,3 +213,10 @@ def test_the_trend_sentence_reads_the_multiplier_against_1(m: list[float], words
     from reporting.verdict import trend
     arm = ArmSummary(**{**{f.name: None for f in fields(ArmSummary)}, "compute_multiplier": m})
     assert words in trend(arm)
+
+
+def test_the_trend_sentence_says_when_it_reads_the_law_beyond_the_baselines_losses():
+    from reporting.verdict import trend
+    arm = ArmSummary(**{**{f.name: None for f in fields(ArmSummary)}, "compute_multiplier": [1.5, 3.0],
+                        "compute_multiplier_extrapolated": {"flops": [False, True]}})
+    assert "over the budgets (extrapolated: read off the baseline's power law" in trend(arm)
