@@ -12,7 +12,7 @@ from engine.setup import tokens_per_step
 from launch.spec import StudySpec
 from reporting.cells import Cell
 from reporting.markdown import BUDGET_WORDS, ci, na, signed, table
-from reporting.summary import AXES, ArmSummary, Summary
+from reporting.summary import AXES, PLATEAU_MARGIN, PLATEAU_SMOOTH, ArmSummary, Summary
 from reporting.sweep import DIFFICULTY, WIDTH, Sweep, acc_table, is_synthetic
 from reporting.verdict import CLAIM_SEEDS, verdict_lines
 
@@ -273,6 +273,27 @@ def routing(r: Report) -> list[str]:
     return lines
 
 
+def plateau(r: Report) -> list[str]:
+    """Per arm and seed at the largest budget: the step at which the run left the bigram plateau."""
+    rows = []
+    for name, arm in r.summary.arms.items():
+        if arm.escape is None:
+            continue
+        seeds = sorted(arm.escape.steps)
+        left = [s for s in seeds if arm.escape.step[s] is not None]
+        cells = [f"{arm.escape.step[s]:,} ({arm.escape.step[s] / arm.escape.steps[s]:.0%})" if s in left else "never"
+                 for s in seeds]
+        rows.append([name, f"{len(left)} of {len(seeds)}", " · ".join(cells), f"{max(arm.escape.steps.values()):,}"])
+    if not rows:
+        return []
+    return [f"Every model here first sits near the bigram level. A run has left that plateau at the first logged step "
+            f"where its training loss (mean of {PLATEAU_SMOOTH} consecutive logged values) is {PLATEAU_MARGIN} nats "
+            "below the bigram's loss; in brackets, that step's share of the run. Runs that never leave it, or leave "
+            "it late, are ranked by when they left rather than by what their mixer can do (reported runs at the "
+            "largest budget, seeds in order).", ""] + table(
+        rows, ["arm", "left the plateau", "step by seed (share of the run)", "steps"]) + [""]
+
+
 def learning_rates(r: Report) -> list[str]:
     spec = r.spec
     tuned = [c for c in r.cells.values() if c.grid and c.tuned_at == c.budget]
@@ -389,6 +410,7 @@ SECTIONS: list[tuple[str, Callable[[Report], list[str]]]] = [
     ("Loss against compute", scaling),
     ("Training health", health),
     ("Routing", routing),
+    ("Leaving the plateau", plateau),
     ("Learning rates", learning_rates),
     ("Accuracy against difficulty", accuracy),
     ("Curves", curves),

@@ -31,6 +31,8 @@ from reporting.stats import (compute_multiplier, fit_power_law, piecewise_multip
 
 AXES = ("flops", "time_s", "tokens")  # the three meanings of equal compute
 STUCK = 0.05  # nats/token: a final loss this close to the unigram reference (or above it) learned nothing else
+PLATEAU_MARGIN = 0.1  # nats/token below the bigram's loss: off the plateau near it that every model first sits on
+PLATEAU_SMOOTH = 3    # consecutive logged training losses averaged (each is one batch's: noisy)
 IF_COMPUTED = {"written": lambda entry, value: value is not None}
 
 
@@ -87,6 +89,16 @@ class Routing:
 
 
 @dataclass
+class Escape:
+    """When each reported run at the largest budget left the plateau near the bigram level: the first logged
+    step at which its training loss, averaged over PLATEAU_SMOOTH consecutive logged values, is PLATEAU_MARGIN
+    below the bigram's loss (None: never), and the run's steps. A ranking of runs still on the plateau, or
+    that left it late, measures when they left it rather than what their mixer can do."""
+    step: dict[int, int | None]   # seed -> step
+    steps: dict[int, int]         # seed -> the run's steps
+
+
+@dataclass
 class ArmSummary:
     baseline: str                      # the arm it is compared with
     model: str | None
@@ -110,6 +122,7 @@ class ArmSummary:
     mfu: float | None
     peak_memory_bytes: int | None
     routing: Routing | None
+    escape: Escape | None = None
     health: list[str] = field(default_factory=list)
 
     @property
@@ -247,6 +260,22 @@ def routing(runs: list[RunResult]) -> Routing | None:
     return Routing(update={k: mean(v) for k, v in updates.items()}, entropy={k: mean(v) for k, v in entropies.items()})
 
 
+def escape(runs: list[RunResult], ref: Reference | None) -> Escape | None:
+    """When these runs left the bigram plateau (see Escape); None without references or logged losses."""
+    if ref is None:
+        return None
+    step, steps = {}, {}
+    for run in runs:
+        logged = [(m["step"], m["loss"]) for m in read_jsonl(run.path / "metrics.jsonl") if m.get("loss") is not None]
+        if len(logged) < PLATEAU_SMOOTH:
+            continue
+        smooth = np.convolve([loss for _, loss in logged], np.ones(PLATEAU_SMOOTH) / PLATEAU_SMOOTH, "valid")
+        below = np.flatnonzero(smooth < ref.bigram - PLATEAU_MARGIN)
+        step[run.seed] = int(logged[below[0] + PLATEAU_SMOOTH - 1][0]) if below.size else None
+        steps[run.seed] = int(run.result.get("step") or logged[-1][0])
+    return Escape(step, steps) if step else None
+
+
 def at_equal_tokens(entry: BudgetEntry, front_entries: list[BudgetEntry]) -> float | None:
     """The arm's loss minus its front's at the arm's own token count, the front's final losses over its
     budgets interpolated linearly in log tokens; None outside the front's range. At equal FLOPs an image
@@ -282,7 +311,8 @@ def health(top: BudgetEntry, front_top: BudgetEntry | None, ref: Reference | Non
 
 
 def arm_summary(spec: StudySpec, name: str, cells: dict[tuple[str, float], Cell], model: str | None,
-                entries: list[BudgetEntry], base_entries: list[BudgetEntry], base: str) -> ArmSummary:
+                entries: list[BudgetEntry], base_entries: list[BudgetEntry], base: str,
+                ref: Reference | None) -> ArmSummary:
     """An arm over its budgets: the entries, its lr grid, multipliers, power laws and efficiency figures."""
     budgets = spec.budget.values
     arm = next(a for a in spec.arms if a.name == name)
@@ -303,7 +333,7 @@ def arm_summary(spec: StudySpec, name: str, cells: dict[tuple[str, float], Cell]
         hardware_flops_per_token=top.first("hardware_flops_per_token"),
         tokens_per_s=top.mean("tokens_per_s"), mfu=top.mean("mfu"),
         peak_memory_bytes=max((r.result.get("peak_memory_bytes") or 0 for r in top.runs), default=None),
-        routing=routing(top.runs))
+        routing=routing(top.runs), escape=escape(top.runs, ref))
 
 
 def summarize(spec: StudySpec, cells: dict[tuple[str, float], Cell], models: dict[str, str], base: str,
@@ -316,7 +346,7 @@ def summarize(spec: StudySpec, cells: dict[tuple[str, float], Cell], models: dic
                                 front=cells[(arm.front, b)] if arm.front else None,
                                 mixing=cells[(arm.mixing, b)] if arm.mixing else None) for b in budgets]
         base_entries = [budget_entry(cells[(own, b)], ref) for b in budgets]
-        arms[arm.name] = arm_summary(spec, arm.name, cells, models.get(arm.name), entries, base_entries, own)
+        arms[arm.name] = arm_summary(spec, arm.name, cells, models.get(arm.name), entries, base_entries, own, ref)
     for arm in spec.arms:  # the front's own entries are complete only now
         top, front_top = arms[arm.name].top, arms[arm.front].top if arm.front else None
         if arm.front:

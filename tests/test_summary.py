@@ -180,6 +180,35 @@ def test_routing_figures_are_the_medians_of_the_first_and_last_fifth_and_the_ent
     assert got.entropy == {"h0": pytest.approx([1.0, 0.9, 0.8], rel=1e-12)}
 
 
+def test_the_plateau_escape_is_the_first_smoothed_training_loss_below_the_bigram(tmp_path):
+    """Three seeds with known training losses: the escape step is the last step of the first run of
+    PLATEAU_SMOOTH logged losses whose mean is PLATEAU_MARGIN below the bigram (found here by a plain loop);
+    a single low batch is not an escape, and a run that never gets there has None."""
+    from launch.results import load_run
+    from reporting.summary import PLATEAU_MARGIN, PLATEAU_SMOOTH, escape
+    ref = Reference(uniform=math.log(256), unigram=3.2, bigram=2.5, tokens=100, bytes=100)
+    curves = {1: [3.0, 2.5, 2.45, 2.35, 2.3, 2.2, 2.1, 2.0], 2: [3.0, 2.0, 2.6, 2.65, 2.5, 2.5, 2.45, 2.3],
+              3: [3.0, 2.9, 2.8, 2.7, 2.6, 2.5, 2.5, 2.45]}
+    runs = []
+    for seed, losses in curves.items():
+        fake_run(tmp_path / str(seed), [4.0, 3.0])
+        with open(tmp_path / str(seed) / "metrics.jsonl", "a") as f:
+            f.writelines(json.dumps({"step": 100 * (i + 1), "loss": v}) + "\n" for i, v in enumerate(losses))
+        runs.append(load_run("arm", 1e-3, seed, 1e6, tmp_path / str(seed)))
+    got = escape(runs, ref)
+
+    def plain(losses):  # the fake run's own logs (loss 4.0 at steps 5 and 15) come first
+        logged = [(5, 4.0), (15, 4.0)] + [(100 * (i + 1), v) for i, v in enumerate(losses)]
+        for end in range(PLATEAU_SMOOTH - 1, len(logged)):
+            window = [v for _, v in logged[end - PLATEAU_SMOOTH + 1:end + 1]]
+            if sum(window) / PLATEAU_SMOOTH < ref.bigram - PLATEAU_MARGIN:
+                return logged[end][0]
+        return None
+    assert got.step == {seed: plain(losses) for seed, losses in curves.items()}
+    assert got.step[1] == 500 and got.step[2] is None and got.step[3] is None  # seed 2's 2.0 is one batch
+    assert escape(runs, None) is None
+
+
 def test_an_arm_with_its_own_baseline_is_compared_with_it(tmp_path):
     """A study of two comparisons: wide against narrow (the study's baseline), and wide2 against wide (its
     own baseline; its fake losses are narrow's, so wide2 - wide = narrow - wide on every seed and window)."""
