@@ -12,6 +12,7 @@ from engine.setup import tokens_per_step
 from launch.spec import StudySpec
 from reporting.cells import Cell
 from reporting.markdown import BUDGET_WORDS, ci, na, signed, table
+from reporting.stats import power_law_miss
 from reporting.summary import AXES, PLATEAU_MARGIN, PLATEAU_SMOOTH, ArmSummary, Summary
 from reporting.sweep import DIFFICULTY, WIDTH, Sweep, acc_table, is_synthetic
 from reporting.verdict import CLAIM_SEEDS, verdict_lines
@@ -223,7 +224,23 @@ def scaling(r: Report) -> list[str]:
             "gap widens with compute.",
             ""] + table(rows, header) + [
         "", "\\* extrapolated: the arm's loss lies outside the baseline's measured losses, so the fit is read "
-        "beyond its data.", "", "![frontier.png](frontier.png)", ""]
+        "beyond its data.", *fit_misses(summary), "", "![frontier.png](frontier.png)", ""]
+
+
+def fit_misses(summary: Summary) -> list[str]:
+    """A line per baseline with a FLOPs power law: how far that law misses the baseline's own losses."""
+    lines = []
+    for name in dict.fromkeys(arm.baseline for arm in summary.arms.values()):
+        base = summary.arms.get(name)
+        fit = (base.power_law or {}).get("flops") if base else None
+        measured = [e for e in base.budgets if e.flops and e.val_loss] if fit else []
+        if len(measured) < 3:  # two points: the law passes through both
+            continue
+        miss, at = power_law_miss([e.flops for e in measured], [e.val_loss for e in measured], *fit)
+        lines.append(f"{name}'s power law (FLOPs) misses its own measured losses by up to {miss:.3f} nats/token (at "
+                     f"{measured[at].budget:g}): where an arm differs from {name} by less, its fit multiplier says "
+                     "less than the piecewise one.")
+    return [""] + lines if lines else []
 
 
 def difference(estimate: float | None, interval: list[float] | None) -> str:

@@ -76,6 +76,13 @@ def power_law(x: np.ndarray | float, a: float, b: float) -> np.ndarray | float:
     return a * np.power(x, -b)
 
 
+def power_law_miss(x: np.ndarray, y: np.ndarray, a: float, b: float) -> tuple[float, int]:
+    """(largest |a x^-b - y|, its index): how far a law strays from the points it was fitted to. A fit through
+    a budget still on the bigram plateau can miss the others by more than the arms differ there."""
+    misses = np.abs(power_law(np.asarray(x, dtype=np.float64), a, b) - np.asarray(y, dtype=np.float64))
+    return float(misses.max()), int(misses.argmax())
+
+
 def power_law_inverse(y: np.ndarray | float, a: float, b: float) -> np.ndarray | float:
     """The x at which a * x^(-b) equals y: x = (a / y)^(1/b)."""
     if b == 0:

@@ -5,8 +5,6 @@ zero and rests on at least CLAIM_SEEDS seeds both arms finished. Otherwise it sa
 """
 from __future__ import annotations
 
-import math
-
 from reporting.markdown import BUDGET_WORDS, NO_INTERVAL, ci, signed
 from reporting.summary import ArmSummary, BudgetEntry, Summary
 
@@ -51,20 +49,26 @@ def verdict_lines(summary: Summary) -> list[str]:
 
 
 def trend(arm: ArmSummary) -> str:
-    """How the FLOPs multiplier moves over the budgets, where it is known at the first and the last: the gap
-    widens when the multiplier moves away from 1 (below 1 the baseline leads, above 1 the arm does)."""
-    m = arm.compute_multiplier or []
-    if len(m) < 2 or not m[0] or not m[-1]:
+    """How the measured difference to the baseline moves from the smallest budget to the largest, both paired
+    over seeds: measured, not read off a power law (a fit through a budget still on the bigram plateau can
+    put the multiplier on the wrong side of 1). The gap widens when the difference grows in size, the lead
+    passes when its sign flips with both intervals excluding zero."""
+    measured = [e for e in arm.budgets or [] if e.delta_vs_baseline is not None]
+    if len(measured) < 2:
         return ""
-    flags = (arm.compute_multiplier_extrapolated or {}).get("flops") or []
-    note = " (extrapolated: read off the baseline's power law beyond its measured losses)" if flags and (
-        flags[0] or flags[-1]) else ""
-    if abs(m[-1] / m[0] - 1) <= 0.1:
-        return f"; the compute multiplier stays about constant over the budgets{note}"
-    moves = f"; the compute multiplier goes from {m[0]:.3g} to {m[-1]:.3g} over the budgets{note}"
-    if (m[0] - 1) * (m[-1] - 1) < 0:
-        return moves + f", so the lead passes from {'the baseline to the arm' if m[-1] > 1 else 'the arm to the baseline'}"
-    return moves + f", so the gap {'widens' if abs(math.log(m[-1])) > abs(math.log(m[0])) else 'narrows'} with compute"
+    first, last = measured[0], measured[-1]
+    d0, d1 = first.delta_vs_baseline, last.delta_vs_baseline
+    moves = (f"; the difference goes from {signed(d0)} {ci(first.delta_vs_baseline_ci95, d0)} at {first.budget:g} "
+             f"to {signed(d1)} at {last.budget:g}")
+    if d0 * d1 < 0:
+        intervals = (first.delta_vs_baseline_ci95, last.delta_vs_baseline_ci95)
+        if all(i is not None and not i[0] <= 0 <= i[1] for i in intervals):
+            before, after = ("the baseline", "the arm") if d1 < 0 else ("the arm", "the baseline")
+            return moves + f", so the lead passes from {before} to {after}"
+        return moves + ", a change of sign that an interval including zero leaves open"
+    if abs(abs(d1) - abs(d0)) <= 0.1 * max(abs(d0), abs(d1)):
+        return moves + ", about constant"
+    return moves + f", so the gap {'widens' if abs(d1) > abs(d0) else 'narrows'} with compute"
 
 
 def mixing_clause(arm: ArmSummary, mixing_top: BudgetEntry | None) -> str:
