@@ -41,7 +41,7 @@ def verdict_lines(summary: Summary) -> list[str]:
         reasons = no_claim(d, interval, shared_seeds(e, summary.arms[base].top))
         if reasons:
             figures = f" ({signed(d)} nats/token, 95% CI {ci(interval, d)})" if d is not None else ""
-            lines.append(f"- {name}: no claim against {base}{figures}: {'; '.join(reasons)}.{mixing}")
+            lines.append(f"- {name}: no claim against {base}{figures}: {'; '.join(reasons)}{trend(arm)}.{mixing}")
             continue
         lines.append(f"- {name} is {'worse' if d > 0 else 'better'} than {base} at {e.budget:g} {BUDGET_WORDS[kind]} "
                      f"by {abs(d):.3f} nats/token (95% CI {ci(interval)}){trend(arm)}.{mixing}")
@@ -49,26 +49,29 @@ def verdict_lines(summary: Summary) -> list[str]:
 
 
 def trend(arm: ArmSummary) -> str:
-    """How the measured difference to the baseline moves from the smallest budget to the largest, both paired
-    over seeds: measured, not read off a power law (a fit through a budget still on the bigram plateau can
-    put the multiplier on the wrong side of 1). The gap widens when the difference grows in size, the lead
-    passes when its sign flips with both intervals excluding zero."""
+    """How the measured difference to the baseline moves over the budgets, each paired over seeds: measured,
+    not read off a power law (a fit through a budget still on the bigram plateau can put the multiplier on
+    the wrong side of 1). The lead passes when the sign flips between the smallest and the largest budget
+    with both intervals excluding zero; otherwise the gap widens or narrows when the difference grows or
+    shrinks in size monotonically, and a difference that does not move monotonically is called so."""
     measured = [e for e in arm.budgets or [] if e.delta_vs_baseline is not None]
     if len(measured) < 2:
         return ""
-    first, last = measured[0], measured[-1]
-    d0, d1 = first.delta_vs_baseline, last.delta_vs_baseline
-    moves = (f"; the difference goes from {signed(d0)} {ci(first.delta_vs_baseline_ci95, d0)} at {first.budget:g} "
-             f"to {signed(d1)} at {last.budget:g}")
-    if d0 * d1 < 0:
-        intervals = (first.delta_vs_baseline_ci95, last.delta_vs_baseline_ci95)
+    ds = [e.delta_vs_baseline for e in measured]
+    moves = (f"; the difference goes {' / '.join(signed(d) for d in ds)} from {measured[0].budget:g} to "
+             f"{measured[-1].budget:g}")
+    if ds[0] * ds[-1] < 0:
+        intervals = (measured[0].delta_vs_baseline_ci95, measured[-1].delta_vs_baseline_ci95)
         if all(i is not None and not i[0] <= 0 <= i[1] for i in intervals):
-            before, after = ("the baseline", "the arm") if d1 < 0 else ("the arm", "the baseline")
+            before, after = ("the baseline", "the arm") if ds[-1] < 0 else ("the arm", "the baseline")
             return moves + f", so the lead passes from {before} to {after}"
         return moves + ", a change of sign that an interval including zero leaves open"
-    if abs(abs(d1) - abs(d0)) <= 0.1 * max(abs(d0), abs(d1)):
+    sizes = [abs(d) for d in ds]
+    if max(sizes) - min(sizes) <= 0.1 * max(sizes):
         return moves + ", about constant"
-    return moves + f", so the gap {'widens' if abs(d1) > abs(d0) else 'narrows'} with compute"
+    if sorted(sizes) not in (sizes, sizes[::-1]):
+        return moves + f", not monotone (largest at {measured[sizes.index(max(sizes))].budget:g})"
+    return moves + f", so the gap {'widens' if sizes[-1] > sizes[0] else 'narrows'} with compute"
 
 
 def mixing_clause(arm: ArmSummary, mixing_top: BudgetEntry | None) -> str:

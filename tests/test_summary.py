@@ -130,7 +130,8 @@ def test_a_verdict_needs_five_seeds_and_an_interval_that_excludes_zero(tmp_path,
             in verdict
         assert "Against the same block without mixing (narrow) its mixer hurts by" in verdict
     else:
-        assert f"- wide: no claim against narrow ({mean:+.3f} nats/token, 95% CI {shown}): {reason}." in verdict
+        claim = f"- wide: no claim against narrow ({mean:+.3f} nats/token, 95% CI {shown}): {reason}"
+        assert claim + "; the difference goes " in verdict  # how it moved over the budgets, claim or not
         assert f"Its mixer against the same block without mixing (narrow): no claim ({mean:+.3f}" in verdict
         assert "worse than" not in verdict and "hurts" not in verdict
     assert table_rows(report, "Results at the largest budget")["wide"]["Δ 95% CI"] == shown
@@ -247,13 +248,16 @@ def arm_with_differences(*pairs: tuple[float, list[float] | None]) -> ArmSummary
     ([(-0.03, [-0.04, -0.02]), (0.03, [0.02, 0.04])], "so the lead passes from the arm to the baseline"),
     ([(0.03, [-0.01, 0.07]), (-0.03, [-0.04, -0.02])], "a change of sign that an interval including zero leaves"),
     ([(0.200, [0.1, 0.3]), (0.205, [0.1, 0.3])], "about constant"),
+    ([(0.10, [0.0, 0.2]), (0.30, [0.2, 0.4]), (0.10, [0.0, 0.2])], "not monotone (largest at 1e+07)"),
+    ([(0.085, [0.05, 0.12]), (0.160, [0.15, 0.17]), (0.127, [0.12, 0.14]), (0.105, [0.09, 0.12])],
+     "not monotone (largest at 1e+07)"),                  # cpu_depth's attention + idea 2
 ])
 def test_the_trend_sentence_reads_the_measured_differences(pairs, words: str):
     from reporting.verdict import trend
     sentence = trend(arm_with_differences(*pairs))
     assert words in sentence
-    last_budget = 10.0 ** (5 + len(pairs))
-    assert f"from {pairs[0][0]:+.3f}" in sentence and f"to {pairs[-1][0]:+.3f} at {last_budget:g}" in sentence
+    listed = " / ".join(f"{d:+.3f}" for d, _ in pairs)
+    assert f"the difference goes {listed} from 1e+06 to {10.0 ** (5 + len(pairs)):g}" in sentence
 
 
 def test_the_trend_sentence_ignores_the_power_law_and_needs_two_measured_budgets():
