@@ -13,7 +13,7 @@ from launch.spec import StudySpec
 from reporting.cells import Cell
 from reporting.markdown import BUDGET_WORDS, ci, na, signed, table
 from reporting.stats import power_law_miss
-from reporting.summary import AXES, PLATEAU_MARGIN, PLATEAU_SMOOTH, ArmSummary, Summary
+from reporting.summary import AXES, PLATEAU_MARGIN, PLATEAU_SMOOTH, ArmSummary, Summary, points
 from reporting.sweep import DIFFICULTY, WIDTH, Sweep, acc_table, is_synthetic
 from reporting.verdict import CLAIM_SEEDS, verdict_lines
 
@@ -233,12 +233,12 @@ def fit_misses(summary: Summary) -> list[str]:
     for name in dict.fromkeys(arm.baseline for arm in summary.arms.values()):
         base = summary.arms.get(name)
         fit = (base.power_law or {}).get("flops") if base else None
-        measured = [e for e in base.budgets if e.flops and e.val_loss] if fit else []
-        if len(measured) < 3:  # two points: the law passes through both
+        flops, losses = points(base.budgets, "flops") if fit else ([], [])
+        if len(flops) < 3:  # two points: the law passes through both
             continue
-        miss, at = power_law_miss([e.flops for e in measured], [e.val_loss for e in measured], *fit)
+        miss, at = power_law_miss(flops, losses, *fit)
         lines.append(f"{name}'s power law (FLOPs) misses its own measured losses by up to {miss:.3f} nats/token (at "
-                     f"{measured[at].budget:g}): where an arm differs from {name} by less, its fit multiplier says "
+                     f"{flops[at]:.2g} FLOPs): where an arm differs from {name} by less, its fit multiplier says "
                      "less than the piecewise one.")
     return [""] + lines if lines else []
 
